@@ -1,0 +1,10 @@
+"""Metric contract and the built-in metric families (installed as ``percepbench.metrics_registry``).
+
+Importing this package registers every built-in metric spec; implementations (networks, piq) load
+lazily when a metric is created.
+"""
+
+from percepbench.metrics_registry import classical  # noqa: F401  (registers its specs)
+from percepbench.metrics_registry.base import DistanceMetric
+
+__all__ = ["DistanceMetric"]

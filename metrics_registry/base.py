@@ -1,0 +1,102 @@
+"""The contract every percepbench metric follows.
+
+A :class:`DistanceMetric` is a ``torchmetrics.Metric`` whose per-pair value is a **distance: lower means
+more similar**, for every metric in percepbench. Similarity indices (SSIM, FSIM, ...) are converted and
+the registry spec records how (``MetricSpec.distance``).
+
+Inputs to ``update(preds, target)`` / ``forward``: two NCHW RGB batches of equal shape, either
+``torch.uint8`` in [0, 255] or floating point in [0, 1]. Grayscale (C=1) is repeated to RGB unless the
+metric's ``grayscale`` convention is ``"reject"``. Anything else raises ``ValueError`` naming the problem.
+
+Output: ``compute()`` returns the mean (``reduction="mean"``), sum (``"sum"``) or the per-pair vector of
+shape (N,) (``"none"``) over everything seen since the last ``reset()``. Per-pair distances are kept in a
+list state reduced with ``cat``, so they sync across DDP processes.
+
+Subclasses implement :meth:`distance` on validated float [0, 1] tensors and return shape (N,). Networks
+are built once in ``__init__`` and handed to :meth:`freeze`, which keeps them in eval mode with no
+gradients into their weights, even when a parent module calls ``.train()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from percepbench.metrics_registry.validation import check_pair, to_unit_range
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+Reduction = Literal["none", "mean", "sum"]
+
+
+class DistanceMetric(Metric):
+    """Base class: per-pair distances with ``reduction`` none/mean/sum."""
+
+    higher_is_better: ClassVar[bool] = False
+    is_differentiable: ClassVar[bool] = True
+    full_state_update: ClassVar[bool] = False
+    plot_lower_bound: ClassVar[float | None] = None
+
+    #: input convention checked by ``update`` (the registry spec documents the same values)
+    min_size: ClassVar[int] = 1
+    grayscale: ClassVar[str] = "expand"
+
+    spec: Any = None  # set by ``MetricSpec.create``
+
+    def __init__(self, reduction: Reduction = "mean", validate_args: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.validate_args = validate_args
+        self._frozen: list[nn.Module] = []
+        self.add_state("distances", default=[], dist_reduce_fx="cat")
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pair distance, shape (N,), for float inputs in [0, 1] of shape (N, 3, H, W)."""
+        raise NotImplementedError
+
+    def freeze(self, module: nn.Module) -> nn.Module:
+        """Register ``module`` as a frozen feature network: eval mode, no weight gradients."""
+        module.requires_grad_(False)
+        module.eval()
+        self._frozen.append(module)
+        return module
+
+    def train(self, mode: bool = True) -> DistanceMetric:
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    # -- the contract -----------------------------------------------------------------------------
+    def prepare(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate a pair of batches and convert both to float [0, 1] on the metric's device."""
+        check_pair(preds, target)
+        kw = {"grayscale": self.grayscale, "min_size": self.min_size, "check_values": self.validate_args}
+        x = to_unit_range(preds, name="preds", **kw)
+        y = to_unit_range(target, name="target", **kw)
+        return x.to(self.device), y.to(self.device)
+
+    def pairwise(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Validated per-pair distances, shape (N,), without touching the metric's state."""
+        x, y = self.prepare(preds, target)
+        d = self.distance(x, y)
+        if d.shape != (x.shape[0],):
+            raise RuntimeError(
+                f"{type(self).__name__}.distance returned shape {tuple(d.shape)}, expected ({x.shape[0]},)"
+            )
+        return d
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.distances.append(self.pairwise(preds, target))
+
+    def compute(self) -> torch.Tensor:
+        values = dim_zero_cat(self.distances)
+        if self.reduction == "none":
+            return values
+        if self.reduction == "sum":
+            return values.sum()
+        return values.mean()

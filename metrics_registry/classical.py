@@ -1,0 +1,239 @@
+"""Weight-free full-reference metrics: PSNR, SSIM, MS-SSIM (torchmetrics) and every weight-free FR
+metric of piq, each turned into a distance (lower = more similar).
+
+Computation is delegated to the reference libraries (torchmetrics' functional API, piq); percepbench
+adds the contract (validation, per-pair values, reductions, DDP states), the distance conversion, and
+a reduced-scale rule for the multi-scale SSIMs so that they also run on small patches:
+
+**Reduced-scale multi-scale SSIM.** MS-SSIM uses 5 scales with weights
+(0.0448, 0.2856, 0.3001, 0.2363, 0.1333) and needs images of at least 161 px (piq) or 176 px
+(torchmetrics). With ``scales="auto"`` (the default) percepbench uses the largest number of scales L <= 5
+that the image size allows, with the first L official weights renormalised to sum to 1. At >= 176 px
+this is exactly the standard metric; at 64x64 (BAPPS patches) it is 3 scales (torchmetrics rule) or
+3 scales (piq rule). The number of scales used is recorded in ``metric.last_scales``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchmetrics.functional.image as tmf
+from percepbench.metrics_registry.base import DistanceMetric
+
+from percepbench.registry import register_metric
+from percepbench.specs import InputConvention, MetricSpec
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+PSNR_MSE_FLOOR = 1e-10  # identical images: PSNR 100 dB instead of +inf
+
+
+def scale_weights(levels: int) -> tuple[float, ...]:
+    """The first ``levels`` official MS-SSIM weights, renormalised to sum to 1."""
+    w = MS_SSIM_WEIGHTS[:levels]
+    total = sum(w)
+    return tuple(float(v / total) for v in w)
+
+
+def torchmetrics_ms_ssim_levels(size: int, kernel_size: int = 11) -> int:
+    """Largest L <= 5 torchmetrics accepts: size >= 2**L and size // max(1, L-1)**2 > kernel_size - 1."""
+    for levels in range(5, 0, -1):
+        if size >= 2**levels and size // max(1, levels - 1) ** 2 > kernel_size - 1:
+            return levels
+    raise ValueError(f"images of {size} px are too small for MS-SSIM with an {kernel_size}-px window")
+
+
+def piq_ms_ssim_levels(size: int, kernel_size: int = 11) -> int:
+    """Largest L <= 5 piq accepts: size >= (kernel_size - 1) * 2**(L-1) + 1."""
+    for levels in range(5, 0, -1):
+        if size >= (kernel_size - 1) * 2 ** (levels - 1) + 1:
+            return levels
+    raise ValueError(f"images of {size} px are too small for MS-SSIM with an {kernel_size}-px window")
+
+
+class PSNR(DistanceMetric):
+    """Peak signal-to-noise ratio as a distance: ``-PSNR`` in dB, per image (torchmetrics, ``dim=(1,2,3)``).
+
+    The MSE is floored at 1e-10, so identical images give -100 instead of -inf.
+
+    Example:
+        >>> import torch
+        >>> from percepbench.metrics_registry.classical import PSNR
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(2, 3, 32, 32, generator=g)
+        >>> PSNR(reduction="none")(x, (x + 0.1).clamp(0, 1)).shape
+        torch.Size([2])
+    """
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mse = ((preds - target) ** 2).flatten(1).mean(1).clamp_min(PSNR_MSE_FLOOR)
+        return -10.0 * torch.log10(1.0 / mse)
+
+
+class SSIM(DistanceMetric):
+    """``1 - SSIM`` per image (torchmetrics: Gaussian window 11, sigma 1.5, data range 1, mean over RGB)."""
+
+    def __init__(self, kernel_size: int = 11, sigma: float = 1.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel_size = kernel_size
+        self.sigma = sigma
+        self.min_size = kernel_size
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        s = tmf.structural_similarity_index_measure(
+            preds, target, gaussian_kernel=True, sigma=self.sigma, kernel_size=self.kernel_size,
+            data_range=1.0, reduction="none",
+        )
+        return 1.0 - s
+
+
+class MSSSIM(DistanceMetric):
+    """``1 - MS-SSIM`` per image (torchmetrics), with the reduced-scale rule of this module's docstring."""
+
+    def __init__(self, scales: int | str = "auto", kernel_size: int = 11, sigma: float = 1.5, **kwargs: Any):
+        super().__init__(**kwargs)
+        if scales != "auto" and not (isinstance(scales, int) and 1 <= scales <= 5):
+            raise ValueError(f"scales must be 'auto' or an integer 1..5, got {scales!r}")
+        self.scales = scales
+        self.kernel_size = kernel_size
+        self.sigma = sigma
+        self.min_size = 2 * kernel_size  # one scale needs size // 1 > kernel_size - 1 and size >= 2
+        self.last_scales: int | None = None
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = min(preds.shape[-2:])
+        levels = torchmetrics_ms_ssim_levels(size, self.kernel_size) if self.scales == "auto" else self.scales
+        self.last_scales = levels
+        s = tmf.multiscale_structural_similarity_index_measure(
+            preds, target, gaussian_kernel=True, sigma=self.sigma, kernel_size=self.kernel_size,
+            data_range=1.0, reduction="none", betas=scale_weights(levels),
+        )
+        return 1.0 - s
+
+
+@dataclass(frozen=True)
+class _PiqIndex:
+    function: str
+    similarity: bool  # True: distance = 1 - value (or -value for psnr)
+    min_size: int
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+# name -> piq function, direction and the smallest image side piq 0.8 accepts (found by scanning sizes;
+# tests/test_classical.py checks each bound)
+PIQ_INDICES: dict[str, _PiqIndex] = {
+    "psnr": _PiqIndex("psnr", True, 1),
+    "ssim": _PiqIndex("ssim", True, 11),
+    "ms_ssim": _PiqIndex("multi_scale_ssim", True, 11),
+    "iw_ssim": _PiqIndex("information_weighted_ssim", True, 11),
+    "vif": _PiqIndex("vif_p", True, 41),
+    "fsim": _PiqIndex("fsim", True, 2),
+    "srsim": _PiqIndex("srsim", True, 40),
+    "gmsd": _PiqIndex("gmsd", False, 1),
+    "ms_gmsd": _PiqIndex("multi_scale_gmsd", False, 17),
+    "vsi": _PiqIndex("vsi", True, 1),
+    "dss": _PiqIndex("dss", True, 32),
+    "haarpsi": _PiqIndex("haarpsi", True, 16),
+    "mdsi": _PiqIndex("mdsi", False, 1),
+}
+
+
+class PiqDistance(DistanceMetric):
+    """A weight-free piq full-reference index as a per-image distance.
+
+    Similarity indices become ``1 - index`` (``-PSNR`` for piq's PSNR); GMSD, MS-GMSD and MDSI are
+    distances already. ``piq.ms_ssim`` and ``piq.iw_ssim`` use the reduced-scale rule of this module.
+    """
+
+    def __init__(self, index: str, scales: int | str = "auto", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if index not in PIQ_INDICES:
+            raise ValueError(f"unknown piq index {index!r}; known: {', '.join(PIQ_INDICES)}")
+        self.index = index
+        self.scales = scales
+        self.info = PIQ_INDICES[index]
+        self.min_size = self.info.min_size
+        self.last_scales: int | None = None
+        import piq  # imported here: only piq metrics need it
+
+        self._fn: Callable[..., torch.Tensor] = getattr(piq, self.info.function)
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = dict(self.info.kwargs)
+        if self.index in ("ms_ssim", "iw_ssim"):
+            size = min(preds.shape[-2:])
+            levels = piq_ms_ssim_levels(size) if self.scales == "auto" else int(self.scales)
+            self.last_scales = levels
+            kwargs["scale_weights"] = torch.tensor(scale_weights(levels), dtype=preds.dtype, device=preds.device)
+        try:
+            value = self._fn(preds, target, data_range=1.0, reduction="none", **kwargs)
+        except torch.linalg.LinAlgError as exc:  # piq's IW-SSIM inverts local covariances
+            raise ValueError(
+                f"piq.{self.index} cannot score this batch: an image has a perfectly flat region, so piq's "
+                f"covariance matrix is singular ({exc})"
+            ) from exc
+        if self.index == "psnr":
+            return -value
+        return 1.0 - value if self.info.similarity else value
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry entries
+# --------------------------------------------------------------------------------------------------
+_TM_CITE_SSIM = "Wang, Bovik, Sheikh, Simoncelli. Image quality assessment: from error visibility to structural similarity. IEEE TIP 2004."
+_TM_CITE_MSSSIM = "Wang, Simoncelli, Bovik. Multiscale structural similarity for image quality assessment. Asilomar 2003."
+_PIQ_CITE = "Kastryulin et al. PyTorch Image Quality: metrics for image quality assessment. 2022 (piq)."
+
+_MODULE = "percepbench.metrics_registry.classical"
+
+register_metric(MetricSpec(
+    name="psnr", target=f"{_MODULE}:PSNR",
+    description="Peak signal-to-noise ratio per image, as -PSNR (dB)",
+    distance="-PSNR (dB); MSE floored at 1e-10",
+    reference="torchmetrics.functional.peak_signal_noise_ratio(data_range=1, dim=(1,2,3)); skimage.metrics.peak_signal_noise_ratio",
+    licence="Apache-2.0 (torchmetrics)", citation="",
+))
+register_metric(MetricSpec(
+    name="ssim", target=f"{_MODULE}:SSIM",
+    description="Structural similarity (Gaussian 11x11, sigma 1.5), mean over RGB channels",
+    distance="1 - SSIM", inputs=InputConvention(min_size=11),
+    reference="torchmetrics.functional.structural_similarity_index_measure(data_range=1); skimage.metrics.structural_similarity",
+    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_SSIM,
+))
+register_metric(MetricSpec(
+    name="ms_ssim", target=f"{_MODULE}:MSSSIM",
+    description="Multi-scale SSIM; fewer scales (renormalised weights) on images under 176 px",
+    distance="1 - MS-SSIM", inputs=InputConvention(min_size=22),
+    reference="torchmetrics.functional.multiscale_structural_similarity_index_measure(data_range=1)",
+    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_MSSSIM,
+))
+
+_PIQ_DESCRIPTIONS = {
+    "psnr": "piq PSNR, as -PSNR (dB)",
+    "ssim": "piq SSIM (downsamples images larger than 256 px, as piq does)",
+    "ms_ssim": "piq multi-scale SSIM; fewer scales on images under 161 px",
+    "iw_ssim": "piq information-weighted SSIM; fewer scales on images under 161 px",
+    "vif": "piq visual information fidelity in the pixel domain (VIFp)",
+    "fsim": "piq feature similarity index (FSIMc, chromatic)",
+    "srsim": "piq spectral-residual similarity",
+    "gmsd": "piq gradient magnitude similarity deviation",
+    "ms_gmsd": "piq multi-scale GMSD",
+    "vsi": "piq visual saliency-induced index",
+    "dss": "piq DCT subband similarity",
+    "haarpsi": "piq Haar wavelet-based perceptual similarity",
+    "mdsi": "piq mean deviation similarity index",
+}
+
+for _index, _info in PIQ_INDICES.items():
+    _dist = "identity (already a distance)" if not _info.similarity else (
+        "-PSNR (dB)" if _index == "psnr" else f"1 - {_index.upper()}")
+    register_metric(MetricSpec(
+        name=f"piq.{_index}", target=f"{_MODULE}:PiqDistance", kwargs={"index": _index},
+        description=_PIQ_DESCRIPTIONS[_index], distance=_dist,
+        inputs=InputConvention(min_size=_info.min_size),
+        reference=f"piq.{_info.function}(data_range=1, reduction='none')",
+        licence="Apache-2.0 (piq)", citation=_PIQ_CITE,
+    ))
+

@@ -1,0 +1,147 @@
+"""The ``percepbench`` command line.
+
+Exit codes: 0 success; 2 usage error or bad input (unknown name, bad flag, unreadable config or data);
+1 failure (a metric or task failed while running; other unexpected errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from percepbench.errors import DataError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="score metrics on tasks and write a results directory",
+        description="Score metrics on tasks. With no arguments: every metric usable offline on the built-in "
+                    "offline benchmark severity2afc.",
+    )
+    p.add_argument("--metrics", "-m", help="comma-separated metric names or globs (default: all usable offline)")
+    p.add_argument("--tasks", "-t", help="comma-separated task names or globs (default: severity2afc)")
+    p.add_argument("--out", "-o", help="output directory (default: runs/<timestamp>); never overwritten")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=int, help="items per batch (default 32)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers for file-based tasks (default 0)")
+    p.add_argument("--seed", type=int, help="seed for generated tasks and bootstrap CIs (default 0)")
+    p.add_argument("--data-root", help="root of downloaded datasets (default: $PERCEPBENCH_DATA)")
+    p.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
+    p.add_argument("--metric-args", action="append", metavar="NAME:KEY=VALUE",
+                   help="per-metric option, repeatable (e.g. ms_ssim:scales=3)")
+    p.add_argument("--task-args", action="append", metavar="NAME:KEY=VALUE",
+                   help="per-task option, repeatable (e.g. severity2afc:per_family=8)")
+    p.add_argument("--config", "-c", help="YAML or TOML file of run settings; flags override it")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_list_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered metrics and tasks")
+    p.add_argument("what", nargs="?", choices=["metrics", "tasks", "all"], default="all")
+    p.add_argument("--pattern", "-p", default="*", help="glob over names (e.g. 'piq.*')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from percepbench import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="percepbench", description="Evaluation suite for perceptual image-similarity metrics."
+    )
+    parser.add_argument("--version", action="version", version=f"percepbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_run_parser(sub)
+    _add_list_parser(sub)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from percepbench.config import build_config, load_config_file, parse_name_args, split_list
+    from percepbench.reports import summary_table
+    from percepbench.runner import run
+
+    file_values = load_config_file(args.config) if args.config else {}
+    flags: dict[str, Any] = {
+        "metrics": split_list(args.metrics) if args.metrics else None,
+        "tasks": split_list(args.tasks) if args.tasks else None,
+        "out": args.out, "device": args.device, "batch_size": args.batch_size,
+        "num_workers": args.num_workers, "seed": args.seed, "data_root": args.data_root,
+        "n_boot": args.n_boot,
+        "metric_args": parse_name_args(args.metric_args, "--metric-args") if args.metric_args else None,
+        "task_args": parse_name_args(args.task_args, "--task-args") if args.task_args else None,
+        "progress": False if args.quiet else None,
+    }
+    config = build_config(file_values, flags)
+    results = run(config)
+    print(summary_table(results.records))
+    failed = results.meta.get("failed") or []
+    for f in failed:
+        print(f"FAILED {f['metric']} on {f['task']}: {f['error']}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} metric/task pair(s) failed; the others' results are complete", file=sys.stderr)
+    print(f"\nresults: {results.path}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from percepbench.registry import METRICS, TASKS
+    from percepbench.weights import missing_weights
+
+    def names(reg) -> list:
+        return reg.specs() if args.pattern == "*" else reg.select(args.pattern)
+
+    if args.what in ("metrics", "all"):
+        specs = names(METRICS)
+        defaults = {v: k for k, v in METRICS.defaults().items()}
+        print(f"metrics ({len(specs)}):")
+        width = max((len(s.name) for s in specs), default=0) + 2
+        for s in specs:
+            missing = missing_weights(s)
+            status = "no weights needed" if not s.weights else (
+                "weights present" if not missing else f"weights MISSING: {', '.join(missing)}")
+            alias = f" (default for '{defaults[s.name]}')" if s.name in defaults else ""
+            source = METRICS.source(s.name)
+            origin = "" if source == "builtin" else f" [{source}]"
+            print(f"  {s.name.ljust(width)}{s.description}{alias}{origin}")
+            print(f"  {'':{width}}distance: {s.distance}; {status}")
+    if args.what in ("tasks", "all"):
+        specs = names(TASKS)
+        if args.what == "all":
+            print()
+        print(f"tasks ({len(specs)}):")
+        width = max((len(s.name) for s in specs), default=0) + 2
+        for s in specs:
+            data = "built in, no download" if not s.needs_data else "needs data (see `percepbench data`)"
+            print(f"  {s.name.ljust(width)}{s.description}")
+            print(f"  {'':{width}}{s.kind}, {s.measure}; {data}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit with 2
+    handler = {"run": cmd_run, "list": cmd_list}[args.command]
+    try:
+        return handler(args)
+    except (UsageError, DataError) as exc:
+        print(f"percepbench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("percepbench: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("PERCEPBENCH_DEBUG"):
+            traceback.print_exc()
+        print(f"percepbench {args.command}: failed: {type(exc).__name__}: {exc} "
+              "(set PERCEPBENCH_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

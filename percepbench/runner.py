@@ -1,0 +1,209 @@
+"""The runner: the only place where metrics meet tasks.
+
+For each task: prepare its items once; for each metric: feed the item images through the metric in
+batches, keep every per-item distance, let the task score them (bootstrap CIs), and write the results
+directory after every (task, metric) so that an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import percepbench
+from percepbench.config import RunConfig
+from percepbench.errors import UsageError
+from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.registry import METRICS, TASKS
+from percepbench.results import RESULTS_FILE, RunResults, records_frame, write_results
+from percepbench.specs import MetricSpec, TaskSpec
+from percepbench.weights import usable_offline
+
+log = logging.getLogger("percepbench")
+
+
+def git_sha() -> str | None:
+    """Commit of the percepbench source tree, when it runs from a git checkout (editable install)."""
+    src = Path(percepbench.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    if out.returncode != 0 or not sha:
+        return None
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    return sha + ("-dirty" if dirty else "")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"invalid device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def select_metrics(config: RunConfig) -> list[MetricSpec]:
+    if config.metrics is None:
+        return [s for s in METRICS.specs() if usable_offline(s)]
+    return METRICS.select(config.metrics)
+
+
+def default_out_dir() -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / stamp
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{stamp}-{i}")
+    return out
+
+
+def _check_out_dir(out: Path) -> None:
+    if (out / RESULTS_FILE).exists():
+        raise UsageError(f"{out} already holds a {RESULTS_FILE}; choose another --out (results are never overwritten)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+
+
+def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig,
+                      device: torch.device, desc: str) -> dict[str, np.ndarray]:
+    """Per-item distance columns (``task.comparisons``) for one metric."""
+    dataset = task.dataset(spec.inputs)
+    workers = 0 if getattr(task, "in_memory", False) else config.num_workers
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    columns: dict[str, list[torch.Tensor]] = {col: [] for col, _, _ in task.comparisons}
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
+            for col, a, b in task.comparisons:
+                d = metric.pairwise(batch[a].to(device, non_blocking=True), batch[b].to(device, non_blocking=True))
+                columns[col].append(d.detach().float().reshape(-1).cpu())
+    return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}
+
+
+def run(config: RunConfig) -> RunResults:
+    """Run every selected metric on every selected task and write the results directory."""
+    task_specs: list[TaskSpec] = TASKS.select(config.tasks)
+    metric_specs = select_metrics(config)
+    if not metric_specs:
+        raise UsageError("no metrics selected (none usable offline? see `percepbench list metrics`)")
+    for name in config.metric_args:
+        METRICS.resolve(name)
+    for name in config.task_args:
+        TASKS.resolve(name)
+    device = resolve_device(config.device)
+    out = Path(config.out) if config.out else default_out_dir()
+    _check_out_dir(out)
+    torch.manual_seed(config.seed)
+
+    meta: dict[str, Any] = {
+        "percepbench_version": percepbench.__version__,
+        "git_sha": git_sha(),
+        "torch_version": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "seed": config.seed,
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "config": config.to_dict() | {"out": str(out)},
+        "metrics": {s.name: s.to_dict() for s in metric_specs},
+        "tasks": {s.name: s.to_dict() for s in task_specs},
+        "task_protocols": {},
+        "protocol": [],
+        "failed": [],
+    }
+    results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
+    records: list[dict[str, Any]] = []
+    samples: list[pd.DataFrame] = []
+    metrics: dict[str, DistanceMetric] = {}
+
+    def metric_for(spec: MetricSpec) -> DistanceMetric:
+        if spec.name not in metrics:
+            args = {}
+            for name, kv in config.metric_args.items():
+                if METRICS.resolve(name) == spec.name:
+                    args.update(kv)
+            m = spec.create(reduction="none", **args)
+            if not isinstance(m, DistanceMetric):
+                raise TypeError(f"metric {spec.name!r} built a {type(m).__name__}, not a DistanceMetric")
+            metrics[spec.name] = m.to(device)
+        return metrics[spec.name]
+
+    def flush(complete: bool = False) -> None:
+        results.records = records_frame(records)
+        results.samples = pd.concat(samples, ignore_index=True) if samples else None
+        results.complete = complete
+        write_results(out, results)
+
+    flush()
+    for tspec in task_specs:
+        targs = {}
+        for name, kv in config.task_args.items():
+            if TASKS.resolve(name) == tspec.name:
+                targs.update(kv)
+        try:
+            task = tspec.create(**targs)
+        except TypeError as exc:
+            raise UsageError(f"task {tspec.name!r}: bad --task-args: {exc}") from exc
+        task.prepare(data_root=config.data_root, num_workers=config.num_workers, progress=config.progress,
+                     seed=config.seed)
+        meta["task_protocols"][tspec.name] = task.protocol()
+        items = task.items.reset_index(drop=True)
+        for mspec in metric_specs:
+            t0 = time.perf_counter()
+            try:
+                metric = metric_for(mspec)
+                dists = compute_distances(metric, task, mspec, config, device, f"{tspec.name} · {mspec.name}")
+            except Exception as exc:  # one broken metric must not lose the others' results
+                meta["failed"].append({"task": tspec.name, "metric": mspec.name,
+                                       "error": f"{type(exc).__name__}: {exc}"})
+                log.warning("%s on %s failed: %s: %s", mspec.name, tspec.name, type(exc).__name__, exc)
+                if os.environ.get("PERCEPBENCH_DEBUG"):
+                    traceback.print_exc()
+                flush()
+                continue
+            frame = items.copy()
+            for col, values in dists.items():
+                frame[col] = values
+            frame["score"] = task.item_scores(frame)
+            frame.insert(0, "metric", mspec.name)
+            frame.insert(0, "task", tspec.name)
+            samples.append(frame)
+            for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot):
+                records.append({"task": tspec.name, "metric": mspec.name, **rec})
+            meta["protocol"].append({
+                "task": tspec.name, "metric": mspec.name,
+                "inputs": mspec.inputs.to_dict(),
+                "resize": "native size" if mspec.inputs.size is None else
+                          f"{mspec.inputs.size}x{mspec.inputs.size} {mspec.inputs.interpolation}",
+                "scales_used": getattr(metric, "last_scales", None),
+                "seconds": round(time.perf_counter() - t0, 3),
+            })
+            flush()
+    meta["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    flush(complete=True)
+    return results

@@ -1,0 +1,46 @@
+"""Plain-text summary of a run's records (what ``percepbench run`` prints). Pure function of records."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+ALL_SUBSET = "all"
+
+
+def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
+    """One block per task: metrics as rows (best first), subsets as columns, the pooled score with its CI.
+
+    Values are the task's measure (2AFC accuracy in %, for 2AFC tasks).
+    """
+    if records.empty:
+        return "(no results)"
+    blocks = []
+    tasks = [task] if task else list(dict.fromkeys(records["task"]))
+    for t in tasks:
+        df = records[records["task"] == t]
+        measure = df["measure"].iloc[0]
+        table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
+        subsets = [c for c in table.columns if c != ALL_SUBSET]
+        overall = ALL_SUBSET if ALL_SUBSET in table.columns else subsets[0]
+        pooled = df[df["subset"] == overall].set_index("metric")
+        table = table.loc[pooled["value"].sort_values(ascending=False).index]
+        n = int(pooled["n"].iloc[0])
+        head = f"{t} — {measure} (%), n={n}" + (f", {len(subsets)} subsets" if len(subsets) > 1 else "")
+        rows = []
+        for metric, row in table.iterrows():
+            rec = pooled.loc[metric]
+            cells = [metric, f"{rec['value']:.1f}", f"[{rec['ci_low']:.1f}, {rec['ci_high']:.1f}]"]
+            if len(subsets) > 1:
+                cells += [f"{row[s]:.1f}" for s in subsets]
+            rows.append(cells)
+        header = ["metric", overall, "95% CI"] + (subsets if len(subsets) > 1 else [])
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = [head] + [_row(r, widths) for r in [header, ["-" * w for w in widths], *rows]]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _row(cells: list, widths: list[int]) -> str:
+    """First column left-aligned, the others right-aligned."""
+    return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths, strict=True)))

@@ -1,0 +1,9 @@
+"""Tasks: scoring kinds and the built-in benchmarks (installed as ``percepbench.tasks``).
+
+Importing this package registers every built-in task spec.
+"""
+
+from percepbench.tasks import severity  # noqa: F401  (registers its spec)
+from percepbench.tasks.base import Task, TwoAFCTask, score_2afc
+
+__all__ = ["Task", "TwoAFCTask", "score_2afc"]
