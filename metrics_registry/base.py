@@ -22,10 +22,11 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from percepbench.metrics_registry.validation import check_pair, to_unit_range
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
+
+from percepbench.metrics_registry.validation import check_pair, to_unit_range
 
 Reduction = Literal["none", "mean", "sum"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 import torchmetrics.functional.image as tmf
-from percepbench.metrics_registry.base import DistanceMetric
 
+from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import register_metric
 from percepbench.specs import InputConvention, MetricSpec
 
@@ -31,16 +31,21 @@ PSNR_MSE_FLOOR = 1e-10  # identical images: PSNR 100 dB instead of +inf
 
 
 def scale_weights(levels: int) -> tuple[float, ...]:
-    """The first ``levels`` official MS-SSIM weights, renormalised to sum to 1."""
+    """The first ``levels`` official MS-SSIM weights, renormalised to sum to 1 (all 5: the official ones)."""
+    if levels == len(MS_SSIM_WEIGHTS):
+        return MS_SSIM_WEIGHTS
     w = MS_SSIM_WEIGHTS[:levels]
     total = sum(w)
     return tuple(float(v / total) for v in w)
 
 
 def torchmetrics_ms_ssim_levels(size: int, kernel_size: int = 11) -> int:
-    """Largest L <= 5 torchmetrics accepts: size >= 2**L and size // max(1, L-1)**2 > kernel_size - 1."""
+    """Largest L <= 5 torchmetrics can compute: its own checks (size >= 2**L and
+    size // max(1, L-1)**2 > kernel_size - 1) plus a coarsest scale of at least ``kernel_size`` px
+    (its reflection padding fails below that, which its checks miss)."""
     for levels in range(5, 0, -1):
-        if size >= 2**levels and size // max(1, levels - 1) ** 2 > kernel_size - 1:
+        if (size >= 2**levels and size // max(1, levels - 1) ** 2 > kernel_size - 1
+                and size // 2 ** (levels - 1) >= kernel_size):
             return levels
     raise ValueError(f"images of {size} px are too small for MS-SSIM with an {kernel_size}-px window")
 
@@ -73,24 +78,34 @@ class PSNR(DistanceMetric):
 
 
 class SSIM(DistanceMetric):
-    """``1 - SSIM`` per image (torchmetrics: Gaussian window 11, sigma 1.5, data range 1, mean over RGB)."""
+    """``1 - SSIM`` per image: Gaussian window (sigma 1.5, 11 taps), data range 1, mean over RGB channels.
 
-    def __init__(self, kernel_size: int = 11, sigma: float = 1.5, **kwargs: Any) -> None:
+    The SSIM map comes from torchmetrics; its mean is taken over the *valid* region (a border of 5 px
+    dropped), as in Wang et al.'s reference code and scikit-image. torchmetrics 1.9 instead averages the
+    map over the whole reflect-padded image, which differs by up to ~0.02 on smooth images.
+    """
+
+    def __init__(self, sigma: float = 1.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.kernel_size = kernel_size
         self.sigma = sigma
-        self.min_size = kernel_size
+        self.pad = int(3.5 * sigma + 0.5)  # the window torchmetrics (and skimage) use: 2 * pad + 1 taps
+        self.min_size = 2 * self.pad + 1
 
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        s = tmf.structural_similarity_index_measure(
-            preds, target, gaussian_kernel=True, sigma=self.sigma, kernel_size=self.kernel_size,
-            data_range=1.0, reduction="none",
+        _, ssim_map = tmf.structural_similarity_index_measure(
+            preds, target, gaussian_kernel=True, sigma=self.sigma, data_range=1.0, reduction="none",
+            return_full_image=True,
         )
-        return 1.0 - s
+        p = self.pad
+        return 1.0 - ssim_map[..., p:-p, p:-p].flatten(1).mean(1)
 
 
 class MSSSIM(DistanceMetric):
-    """``1 - MS-SSIM`` per image (torchmetrics), with the reduced-scale rule of this module's docstring."""
+    """``1 - MS-SSIM`` per image (torchmetrics), with the reduced-scale rule of this module's docstring.
+
+    The value is torchmetrics' (its last-scale luminance term averages over the padded image, unlike
+    ``piq.ms_ssim``, which uses valid convolutions throughout).
+    """
 
     def __init__(self, scales: int | str = "auto", kernel_size: int = 11, sigma: float = 1.5, **kwargs: Any):
         super().__init__(**kwargs)
@@ -99,7 +114,7 @@ class MSSSIM(DistanceMetric):
         self.scales = scales
         self.kernel_size = kernel_size
         self.sigma = sigma
-        self.min_size = 2 * kernel_size  # one scale needs size // 1 > kernel_size - 1 and size >= 2
+        self.min_size = kernel_size  # one scale needs size > kernel_size - 1 and size >= 2
         self.last_scales: int | None = None
 
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -118,6 +133,7 @@ class _PiqIndex:
     function: str
     similarity: bool  # True: distance = 1 - value (or -value for psnr)
     min_size: int
+    per_image: bool = False  # piq normalises over the whole batch: call it one image at a time
     kwargs: tuple[tuple[str, Any], ...] = ()
 
 
@@ -130,7 +146,7 @@ PIQ_INDICES: dict[str, _PiqIndex] = {
     "iw_ssim": _PiqIndex("information_weighted_ssim", True, 11),
     "vif": _PiqIndex("vif_p", True, 41),
     "fsim": _PiqIndex("fsim", True, 2),
-    "srsim": _PiqIndex("srsim", True, 40),
+    "srsim": _PiqIndex("srsim", True, 40, per_image=True),
     "gmsd": _PiqIndex("gmsd", False, 1),
     "ms_gmsd": _PiqIndex("multi_scale_gmsd", False, 17),
     "vsi": _PiqIndex("vsi", True, 1),
@@ -145,6 +161,10 @@ class PiqDistance(DistanceMetric):
 
     Similarity indices become ``1 - index`` (``-PSNR`` for piq's PSNR); GMSD, MS-GMSD and MDSI are
     distances already. ``piq.ms_ssim`` and ``piq.iw_ssim`` use the reduced-scale rule of this module.
+
+    piq 0.8's SR-SIM min-max normalises the saliency maps over the *whole batch*, so an image's score
+    depends on the other images in its batch; percepbench calls it one image at a time, which gives
+    the per-image value of the original (MATLAB) definition whatever the batch.
     """
 
     def __init__(self, index: str, scales: int | str = "auto", **kwargs: Any) -> None:
@@ -168,7 +188,11 @@ class PiqDistance(DistanceMetric):
             self.last_scales = levels
             kwargs["scale_weights"] = torch.tensor(scale_weights(levels), dtype=preds.dtype, device=preds.device)
         try:
-            value = self._fn(preds, target, data_range=1.0, reduction="none", **kwargs)
+            if self.info.per_image:
+                value = torch.cat([self._fn(p[None], t[None], data_range=1.0, reduction="none", **kwargs)
+                                   for p, t in zip(preds, target, strict=True)])
+            else:
+                value = self._fn(preds, target, data_range=1.0, reduction="none", **kwargs)
         except torch.linalg.LinAlgError as exc:  # piq's IW-SSIM inverts local covariances
             raise ValueError(
                 f"piq.{self.index} cannot score this batch: an image has a perfectly flat region, so piq's "
@@ -197,15 +221,15 @@ register_metric(MetricSpec(
 ))
 register_metric(MetricSpec(
     name="ssim", target=f"{_MODULE}:SSIM",
-    description="Structural similarity (Gaussian 11x11, sigma 1.5), mean over RGB channels",
+    description="Structural similarity (Gaussian 11x11, sigma 1.5, valid region), mean over RGB channels",
     distance="1 - SSIM", inputs=InputConvention(min_size=11),
-    reference="torchmetrics.functional.structural_similarity_index_measure(data_range=1); skimage.metrics.structural_similarity",
+    reference="skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1); torchmetrics SSIM map (border excluded)",
     licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_SSIM,
 ))
 register_metric(MetricSpec(
     name="ms_ssim", target=f"{_MODULE}:MSSSIM",
     description="Multi-scale SSIM; fewer scales (renormalised weights) on images under 176 px",
-    distance="1 - MS-SSIM", inputs=InputConvention(min_size=22),
+    distance="1 - MS-SSIM", inputs=InputConvention(min_size=11),
     reference="torchmetrics.functional.multiscale_structural_similarity_index_measure(data_range=1)",
     licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_MSSSIM,
 ))

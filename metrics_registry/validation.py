@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_TOLERANCE = 1e-4  # float inputs may overshoot [0, 1] by rounding (resize, colour conversion)
@@ -45,9 +47,10 @@ def to_unit_range(
         raise ValueError(f"{name}: expected uint8 in [0, 255] or floating point in [0, 1], got dtype {x.dtype}")
     lo, hi = input_range
     if check_values:
-        if not torch.isfinite(x).all():
+        xmin, xmax = torch.aminmax(x.detach())  # min/max propagate NaN: one device sync
+        xmin, xmax = float(xmin), float(xmax)
+        if not (math.isfinite(xmin) and math.isfinite(xmax)):
             raise ValueError(f"{name}: contains NaN or Inf values")
-        xmin, xmax = float(x.min()), float(x.max())
         if xmin < lo - FLOAT_TOLERANCE or xmax > hi + FLOAT_TOLERANCE:
             raise ValueError(
                 f"{name}: float values must lie in [{lo:g}, {hi:g}], found [{xmin:.4g}, {xmax:.4g}] "

@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from percepbench.tasks.base import TwoAFCTask
-from percepbench.tasks.distortions import FAMILIES, MAX_SHIFT, crop_offset, draw_params
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -34,6 +32,8 @@ from tqdm.auto import tqdm
 from percepbench.images import apply_convention, tensor_to_pil
 from percepbench.registry import register_task
 from percepbench.specs import InputConvention, TaskSpec
+from percepbench.tasks.base import TwoAFCTask
+from percepbench.tasks.distortions import FAMILIES, MAX_SHIFT, crop_offset, draw_params
 
 #: (package, file) of the bundled colour photographs used as sources
 PHOTOS: tuple[tuple[str, str], ...] = (

@@ -1,0 +1,39 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def register_temp():
+    """Register specs for one test and remove them afterwards."""
+    from percepbench.registry import METRICS, TASKS
+
+    added: list[tuple[object, str]] = []
+
+    def _register(spec):
+        reg = METRICS if spec.__class__.__name__ == "MetricSpec" else TASKS
+        reg.register(spec, source="test")
+        added.append((reg, spec.name))
+        return spec
+
+    yield _register
+    for reg, name in added:
+        reg.unregister(name)
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No user-level cache/data settings leak into a test."""
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PERCEPBENCH_DATA", raising=False)
+    return os.environ

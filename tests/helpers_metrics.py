@@ -1,0 +1,35 @@
+"""Tiny metrics used by tests through the registry (importable as ``helpers_metrics``)."""
+
+from __future__ import annotations
+
+import torch
+
+from percepbench.metrics_registry.base import DistanceMetric
+
+
+class MeanAbs(DistanceMetric):
+    """Mean absolute pixel difference: a deterministic toy metric."""
+
+    def distance(self, preds, target):
+        return (preds - target).abs().flatten(1).mean(1)
+
+
+class Broken(DistanceMetric):
+    def distance(self, preds, target):
+        raise RuntimeError("this metric is broken on purpose")
+
+
+class Interrupt(DistanceMetric):
+    def distance(self, preds, target):
+        raise KeyboardInterrupt
+
+
+class WithNet(DistanceMetric):
+    """A metric with a frozen feature network, to test the freezing contract."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = self.freeze(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.5)))
+
+    def distance(self, preds, target):
+        return (self.net(preds) - self.net(target)).pow(2).flatten(1).mean(1)

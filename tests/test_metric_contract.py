@@ -1,0 +1,232 @@
+"""The metric contract, checked for every registered metric, and each input-validation rule."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torchmetrics
+
+from percepbench import create_metric
+from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.registry import METRICS
+from percepbench.specs import MetricSpec
+from percepbench.weights import usable_offline
+
+ALL = METRICS.names()
+
+
+def _size(spec: MetricSpec) -> int:
+    return max(48, spec.inputs.min_size, spec.inputs.size or 0)
+
+
+def _pair(spec: MetricSpec, n: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = _size(spec)
+    x = torch.rand(n, 3, s, s, generator=g)
+    # a smooth image plus noise, so structure-based indices see structure
+    base = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=(s, s), mode="bilinear")
+    y = (base + 0.05 * torch.randn(n, 3, s, s, generator=g)).clamp(0, 1)
+    return x, y, base.clamp(0, 1)
+
+
+def test_every_registered_metric_is_covered():
+    assert len(ALL) >= 16
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spec_is_valid(name):
+    spec = METRICS.get(name)
+    assert spec.description and spec.target and spec.distance
+    assert spec.higher_is_better is False
+    assert spec.inputs.value_range == (0.0, 1.0)
+    assert spec.inputs.min_size >= 1
+    d = spec.to_dict()
+    assert d["name"] == name and isinstance(d["kwargs"], dict)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if usable_offline(METRICS.get(n))])
+def test_contract(name):
+    spec = METRICS.get(name)
+    metric = spec.create(reduction="none")
+    assert isinstance(metric, DistanceMetric) and isinstance(metric, torchmetrics.Metric)
+    assert metric.higher_is_better is False and metric.full_state_update is False
+    assert metric.spec is spec
+    x, y, smooth = _pair(spec)
+
+    d = metric.pairwise(x, y)
+    assert d.shape == (3,) and torch.isfinite(d).all()
+
+    # lower = more similar: an image is closer to itself than to a different image
+    d_self = metric.pairwise(smooth, smooth)
+    d_other = metric.pairwise(smooth, y)
+    assert (d_self <= d_other + 1e-6).all(), (d_self, d_other)
+
+    # uint8 input == float input / 255
+    xu = (x * 255).round().to(torch.uint8)
+    yu = (y * 255).round().to(torch.uint8)
+    torch.testing.assert_close(metric.pairwise(xu, yu), metric.pairwise(xu.float() / 255, yu.float() / 255))
+
+    # reductions over accumulated state
+    metric.update(x[:2], y[:2])
+    metric.update(x[2:], y[2:])
+    per_pair = metric.compute()
+    torch.testing.assert_close(per_pair, d, rtol=1e-4, atol=1e-5)
+    for reduction, expected in (("mean", d.mean()), ("sum", d.sum())):
+        m = spec.create(reduction=reduction)
+        m.update(x, y)
+        torch.testing.assert_close(m.compute(), expected, rtol=1e-4, atol=1e-5)
+    metric.reset()
+    assert metric.distances == []
+
+    # .to(device) and .train() keep the metric usable and any networks frozen
+    metric = metric.to("cpu").train()
+    for module in metric._frozen:
+        assert not module.training
+    assert all(not p.requires_grad for p in metric.parameters())
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if usable_offline(METRICS.get(n))])
+def test_min_size_bound(name):
+    spec = METRICS.get(name)
+    metric = spec.create(reduction="none")
+    s = spec.inputs.min_size
+    assert metric.min_size == s, "spec and metric disagree on the minimum size"
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 3, s, s, generator=g), torch.rand(2, 3, s, s, generator=g)
+    assert metric.pairwise(x, y).shape == (2,)
+    if s > 1:
+        with pytest.raises(ValueError, match=f"needs at least {s}x{s}"):
+            metric.pairwise(x[..., :-1, :-1], y[..., :-1, :-1])
+
+
+@pytest.mark.parametrize("name", ["psnr", "ssim", "ms_ssim", "piq.fsim", "piq.gmsd"])
+def test_differentiable_wrt_inputs(name):
+    spec = METRICS.get(name)
+    metric = create_metric(name, reduction="mean")
+    x, y, _ = _pair(spec, n=2)
+    x = x.clone().requires_grad_(True)
+    loss = metric(x, y)
+    loss.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_frozen_network_stays_in_eval_mode():
+    from helpers_metrics import WithNet
+
+    metric = WithNet(reduction="none")
+    parent = torch.nn.Module()
+    parent.metric = metric
+    parent.train()
+    assert metric.training and not metric.net.training
+    assert all(not p.requires_grad for p in metric.net.parameters())
+    x = torch.rand(2, 3, 16, 16)
+    # dropout inactive: identical results on repeated calls in train mode
+    torch.testing.assert_close(metric.pairwise(x, x.flip(-1)), metric.pairwise(x, x.flip(-1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation: each rule raises ValueError naming the problem
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def psnr():
+    return create_metric("psnr", reduction="none")
+
+
+@pytest.mark.parametrize(
+    ("preds", "target", "message"),
+    [
+        (torch.rand(3, 8, 8), torch.rand(3, 8, 8), "expected a 4-D NCHW batch, got shape \\(3, 8, 8\\).*unsqueeze"),
+        (torch.rand(1, 1, 3, 8, 8), torch.rand(1, 1, 3, 8, 8), "expected a 4-D NCHW batch"),
+        (torch.rand(2, 4, 8, 8), torch.rand(2, 4, 8, 8), "expected 3 RGB channels in dim 1 \\(NCHW\\), got 4"),
+        (torch.rand(2, 8, 8, 3), torch.rand(2, 8, 8, 3), "got 8 \\(channels-last\\?"),
+        (torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 9), "same shape, got \\(2, 3, 8, 8\\) and \\(2, 3, 8, 9\\)"),
+        (torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8), "empty batch"),
+        (torch.rand(2, 3, 8, 8) * 255, torch.rand(2, 3, 8, 8), "must lie in \\[0, 1\\].*uint8"),
+        (torch.rand(2, 3, 8, 8) - 0.5, torch.rand(2, 3, 8, 8), "must lie in \\[0, 1\\]"),
+        (torch.full((1, 3, 8, 8), float("nan")), torch.rand(1, 3, 8, 8), "NaN or Inf"),
+        (torch.full((1, 3, 8, 8), float("inf")), torch.rand(1, 3, 8, 8), "NaN or Inf"),
+        (torch.randint(0, 255, (1, 3, 8, 8)), torch.randint(0, 255, (1, 3, 8, 8)), "dtype torch.int64"),
+        (torch.rand(1, 3, 8, 8).numpy(), torch.rand(1, 3, 8, 8), "expected a torch.Tensor, got ndarray"),
+    ],
+)
+def test_validation_rules(psnr, preds, target, message):
+    with pytest.raises(ValueError, match=message):
+        psnr.update(preds, target)
+    assert psnr.distances == []  # nothing half-recorded
+
+
+def test_target_is_validated_too(psnr):
+    with pytest.raises(ValueError, match=r"^target: contains NaN"):
+        psnr.pairwise(torch.rand(1, 3, 8, 8), torch.full((1, 3, 8, 8), float("nan")))
+
+
+def test_grayscale_expanded_where_documented(psnr):
+    g = torch.rand(2, 1, 16, 16)
+    h = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(psnr.pairwise(g, h), psnr.pairwise(g.expand(-1, 3, -1, -1), h.expand(-1, 3, -1, -1)))
+
+
+def test_grayscale_rejected_where_documented():
+    from helpers_metrics import MeanAbs
+
+    class NoGray(MeanAbs):
+        grayscale = "reject"
+
+    with pytest.raises(ValueError, match="grayscale input \\(C=1\\) is not accepted"):
+        NoGray().update(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_small_float_overshoot_is_tolerated(psnr):
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.isfinite(psnr.pairwise(x + 5e-5, x)).all()
+
+
+def test_bad_reduction():
+    with pytest.raises(ValueError, match="reduction must be"):
+        create_metric("psnr", reduction="median")
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP: per-pair states gather across processes (gloo, 2 CPU processes)
+# ---------------------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+        metric = create_metric("psnr", reduction="none")
+        metric.update(x[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2])
+        gathered = metric.compute()
+        mean_metric = create_metric("psnr", reduction="mean")
+        mean_metric.update(x[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2])
+        queue.put((rank, sorted(gathered.tolist()), float(mean_metric.compute())))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_states_sync_under_ddp():
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    expected = create_metric("psnr", reduction="none").pairwise(x, y)
+    for _, values, mean in results:
+        assert values == pytest.approx(sorted(expected.tolist()), abs=1e-5)
+        assert mean == pytest.approx(float(expected.mean()), abs=1e-5)

@@ -1,0 +1,54 @@
+"""The wheel holds the three mapped packages, and they import from an install of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import PYTHON, REPO
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([PYTHON, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    (whl,) = dist.glob("percepbench-*.whl")
+    return whl
+
+
+@pytest.mark.slow
+def test_wheel_contains_mapped_packages(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ["percepbench/__init__.py", "percepbench/cli.py", "percepbench/registry.py",
+                   "percepbench/metrics_registry/__init__.py", "percepbench/metrics_registry/classical.py",
+                   "percepbench/tasks/__init__.py", "percepbench/tasks/severity.py",
+                   "percepbench/reports/__init__.py", "percepbench/reports/summary.py"]:
+        assert module in names, module
+    assert not any(n.startswith(("tasks/", "reports/", "metrics_registry/", "tests/")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "percepbench = percepbench.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+@pytest.mark.slow
+def test_mapped_packages_import_from_installed_wheel(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, text=True, timeout=300)
+    code = (
+        "import percepbench, percepbench.metrics_registry, percepbench.tasks, percepbench.reports\n"
+        "from percepbench.registry import METRICS, TASKS\n"
+        "print(percepbench.__file__)\n"
+        "print(percepbench.tasks.__file__)\n"
+        "print(len(METRICS), len(TASKS))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(site))
+    res = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")
+    assert lines[0].startswith(str(site)) and lines[1].startswith(str(site / "percepbench" / "tasks"))
+    n_metrics, n_tasks = map(int, lines[2].split())
+    assert n_metrics >= 16 and n_tasks >= 1
