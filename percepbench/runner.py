@@ -87,6 +87,34 @@ def _check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {out} exists and is not a directory")
 
 
+def _args_for(registry, spec_name: str, args: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name, kv in args.items():
+        if registry.resolve(name) == spec_name:
+            merged.update(kv)
+    return merged
+
+
+def build_metric(spec: MetricSpec, config: RunConfig, device: torch.device) -> DistanceMetric:
+    """Instantiate a metric once for the whole run, with its ``--metric-args``, on ``device``."""
+    args = _args_for(METRICS, spec.name, config.metric_args)
+    try:
+        metric = spec.create(reduction="none", **args)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"metric {spec.name!r}: cannot build it with options {args}: {exc}") from exc
+    if not isinstance(metric, DistanceMetric):
+        raise TypeError(f"metric {spec.name!r} built a {type(metric).__name__}, not a DistanceMetric")
+    return metric.to(device)
+
+
+def build_task(spec: TaskSpec, config: RunConfig) -> Any:
+    args = _args_for(TASKS, spec.name, config.task_args)
+    try:
+        return spec.create(**args)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"task {spec.name!r}: bad --task-args {args}: {exc}") from exc
+
+
 def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig,
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
@@ -117,6 +145,9 @@ def run(config: RunConfig) -> RunResults:
     out = Path(config.out) if config.out else default_out_dir()
     _check_out_dir(out)
     torch.manual_seed(config.seed)
+    # build everything before any long work, so bad options fail fast (exit 2) and nothing is written
+    tasks = [(tspec, build_task(tspec, config)) for tspec in task_specs]
+    metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
 
     meta: dict[str, Any] = {
         "percepbench_version": percepbench.__version__,
@@ -139,19 +170,6 @@ def run(config: RunConfig) -> RunResults:
     results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
     records: list[dict[str, Any]] = []
     samples: list[pd.DataFrame] = []
-    metrics: dict[str, DistanceMetric] = {}
-
-    def metric_for(spec: MetricSpec) -> DistanceMetric:
-        if spec.name not in metrics:
-            args = {}
-            for name, kv in config.metric_args.items():
-                if METRICS.resolve(name) == spec.name:
-                    args.update(kv)
-            m = spec.create(reduction="none", **args)
-            if not isinstance(m, DistanceMetric):
-                raise TypeError(f"metric {spec.name!r} built a {type(m).__name__}, not a DistanceMetric")
-            metrics[spec.name] = m.to(device)
-        return metrics[spec.name]
 
     def flush(complete: bool = False) -> None:
         results.records = records_frame(records)
@@ -160,15 +178,7 @@ def run(config: RunConfig) -> RunResults:
         write_results(out, results)
 
     flush()
-    for tspec in task_specs:
-        targs = {}
-        for name, kv in config.task_args.items():
-            if TASKS.resolve(name) == tspec.name:
-                targs.update(kv)
-        try:
-            task = tspec.create(**targs)
-        except TypeError as exc:
-            raise UsageError(f"task {tspec.name!r}: bad --task-args: {exc}") from exc
+    for tspec, task in tasks:
         task.prepare(data_root=config.data_root, num_workers=config.num_workers, progress=config.progress,
                      seed=config.seed)
         meta["task_protocols"][tspec.name] = task.protocol()
@@ -176,7 +186,7 @@ def run(config: RunConfig) -> RunResults:
         for mspec in metric_specs:
             t0 = time.perf_counter()
             try:
-                metric = metric_for(mspec)
+                metric = metrics[mspec.name]
                 dists = compute_distances(metric, task, mspec, config, device, f"{tspec.name} · {mspec.name}")
             except Exception as exc:  # one broken metric must not lose the others' results
                 meta["failed"].append({"task": tspec.name, "metric": mspec.name,

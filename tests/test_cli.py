@@ -88,6 +88,9 @@ def test_argparse_errors_exit_2(args, capsys):
         (["--metric-args", "psnr"], "expects NAME:KEY=VALUE"),
         (["--metric-args", "psnrr:x=1"], "did you mean 'psnr'"),
         (["--task-args", "severity2afc:colour=1"], "bad --task-args"),
+        (["--task-args", "severity2afc:per_family=0"], "per_family must be >= 1"),
+        (["--metric-args", "psnr:bogus=1"], "cannot build it with options {'bogus': 1}"),
+        (["-m", "ms_ssim", "--metric-args", "ms_ssim:scales=9"], "scales must be 'auto' or an integer 1..5"),
         (["--config", "/no/such/file.yaml"], "cannot read config file"),
         (["--device", "cuda:0"], "CUDA is not available"),
         (["--device", "gpu-please"], "invalid device"),
@@ -96,6 +99,7 @@ def test_argparse_errors_exit_2(args, capsys):
 def test_bad_input_exit_2(args, message, capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", "-m", "psnr", "-o", str(tmp_path / "r"), *FAST, *args)
     assert code == 2 and message in err, err
+    assert not (tmp_path / "r").exists(), "a usage error must not leave a run directory"
 
 
 def test_config_file_and_flags_override(capsys, tmp_path, clean_env):
