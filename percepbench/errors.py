@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 
 class PercepbenchError(Exception):
     """Base class for errors percepbench raises on purpose, with a message meant for users."""
@@ -24,3 +27,16 @@ class DataError(PercepbenchError, ValueError):
 
 class WeightsError(PercepbenchError, RuntimeError):
     """Weight files that are missing, cannot be downloaded or fail verification."""
+
+
+class OfflineError(WeightsError):
+    """Weight files are needed but cannot be downloaded: offline mode is on, or the network failed.
+
+    The message lists every file to place by hand with the URL to fetch it from; ``files`` holds the same
+    as ``(path, url)`` pairs and ``reason`` says why nothing was downloaded.
+    """
+
+    def __init__(self, message: str, *, files: Sequence[tuple[Path, str]] = (), reason: str = ""):
+        super().__init__(message)
+        self.files: list[tuple[Path, str]] = list(files)
+        self.reason = reason

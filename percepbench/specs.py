@@ -51,12 +51,19 @@ def load_target(target: str) -> Any:
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One file a metric needs: where it comes from and how to check it."""
+    """One file a metric needs: where it comes from and how to check it.
+
+    ``filename`` is relative to the weights cache directory (it may contain ``/``); ``sha256`` and ``size``
+    describe the file as downloaded (for an archive: the archive itself). ``extract_to`` marks a zip
+    archive: it is extracted into the cache directory and the file or folder named by ``extract_to``
+    (relative to the cache directory) is what must exist afterwards.
+    """
 
     filename: str
     url: str
     sha256: str | None = None
     size: int | None = None
+    extract_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

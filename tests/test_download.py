@@ -1,0 +1,549 @@
+"""percepbench.download against a real HTTP server on 127.0.0.1: resume, retries, checksums, offline, zips.
+
+``LocalServer`` serves files from a temporary folder with ``Range`` support and switches to misbehave: drop
+or stall the connection part-way through the first response, ignore ``Range``, answer an HTTP error
+first, redirect. It records every request it receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import socket
+import stat
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from percepbench import download as dl
+from percepbench.download import (
+    check_safetensors,
+    check_torch_file,
+    download,
+    extract_zip,
+    is_offline,
+    recorded_sha256,
+    sha256_file,
+    sha256_sidecar,
+    verify_file,
+)
+from percepbench.errors import OfflineError, WeightsError
+
+from conftest import REPO
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 serving ``root``, with fault switches and a request log.
+
+    Switches (plain attributes, set them before the request):
+        drop_after: the first GET sends only this many body bytes, then closes the connection
+            (``drop_mode="close"``) or stops sending without closing (``"stall"``, a read timeout).
+        ignore_range: answer 200 with the whole file even when the request asks for a range.
+        fail_first: answer the first GET with this HTTP status.
+        redirects: path -> path answered with a 302.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.requests: list[dict[str, str | None]] = []
+        self.drop_after: int | None = None
+        self.drop_mode = "close"
+        self.ignore_range = False
+        self.fail_first: int | None = None
+        self.redirects: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner._serve(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # client hung up on purpose: stay quiet
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, name: str, data: bytes) -> str:
+        """Serve ``data`` as ``/name``; return its URL."""
+        (self.root / name).write_bytes(data)
+        return f"{self.base}/{name}"
+
+    def close(self) -> None:
+        self._release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append({"path": h.path, "range": h.headers.get("Range")})
+            first = len(self.requests) == 1
+            drop, self.drop_after = self.drop_after, None
+        name = h.path.lstrip("/")
+        if name in self.redirects:
+            h.send_response(302)
+            h.send_header("Location", f"{self.base}/{self.redirects[name]}")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        if first and self.fail_first:
+            h.send_error(self.fail_first)
+            return
+        path = self.root / name
+        if not path.is_file():
+            h.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
+        if m and not self.ignore_range:
+            start = int(m.group(1))
+            if start >= len(data):
+                h.send_response(416)
+                h.send_header("Content-Range", f"bytes */{len(data)}")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+        body = data[start:]
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if drop is None:
+            h.wfile.write(body)
+            return
+        h.wfile.write(body[:drop])
+        h.wfile.flush()
+        if self.drop_mode == "stall":
+            self._release.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    srv = LocalServer(tmp_path / "served")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_online(monkeypatch, tmp_path):
+    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
+    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+
+
+def payload(n: int = 300_000, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def closed_port_url(name: str = "w.bin") -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/{name}"
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+
+def test_fresh_download_verifies_and_records_sha256(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = tmp_path / "cache" / "sub" / "w.bin"
+    assert download(url, dest, sha256=sha(data), size=len(data), progress=False) == dest
+    assert dest.read_bytes() == data
+    assert not (dest.parent / "w.bin.part").exists()
+    assert sha256_sidecar(dest).read_text() == f"{sha(data)}  w.bin\n"
+    assert recorded_sha256(dest) == sha(data)
+    assert server.requests == [{"path": "/w.bin", "range": None}]
+
+
+def test_existing_file_is_verified_not_downloaded_again(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    download(url, dest, sha256=sha(data), progress=False)
+    download(url, dest, sha256=sha(data), progress=False)
+    assert len(server.requests) == 1
+    with pytest.raises(WeightsError, match="fails its checksum"):
+        download(url, dest, sha256="0" * 64, progress=False)
+    assert len(server.requests) == 1
+
+
+def test_redirect_is_followed(server, tmp_path):
+    data = payload(50_000)
+    server.add("real.bin", data)
+    server.redirects["moved.bin"] = "real.bin"
+    dest = download(f"{server.base}/moved.bin", tmp_path / "w.bin", sha256=sha(data), progress=False)
+    assert dest.read_bytes() == data
+    assert [r["path"] for r in server.requests] == ["/moved.bin", "/real.bin"]
+
+
+def test_resume_after_dropped_connection(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.drop_after = 100_000
+    dest = tmp_path / "w.bin"
+    download(url, dest, sha256=sha(data), size=len(data), progress=False)
+    assert [r["range"] for r in server.requests] == [None, "bytes=100000-"]
+    assert dest.read_bytes() == data
+
+
+def test_resume_after_stalled_connection_times_out(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.drop_after, server.drop_mode = 70_000, "stall"
+    dest = tmp_path / "w.bin"
+    download(url, dest, sha256=sha(data), progress=False, timeout=0.5)
+    assert [r["range"] for r in server.requests] == [None, "bytes=70000-"]
+    assert dest.read_bytes() == data
+
+
+def test_resume_without_known_checksum(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.drop_after = 12_345
+    dest = download(url, tmp_path / "w.bin", progress=False)
+    assert dest.read_bytes() == data and recorded_sha256(dest) == sha(data)
+    assert server.requests[1]["range"] == "bytes=12345-"
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.ignore_range = True
+    dest = tmp_path / "w.bin"
+    (tmp_path / "w.bin.part").write_bytes(b"x" * 5000)  # a leftover that must not end up in the file
+    download(url, dest, sha256=sha(data), progress=False)
+    assert [r["range"] for r in server.requests] == ["bytes=5000-"]
+    assert dest.read_bytes() == data
+
+
+def test_stale_part_failing_checksum_is_downloaded_again_from_zero(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    (tmp_path / "w.bin.part").write_bytes(b"y" * 1000)  # not a prefix of the file
+    download(url, dest, sha256=sha(data), progress=False)
+    assert [r["range"] for r in server.requests] == ["bytes=1000-", None]
+    assert dest.read_bytes() == data
+
+
+def test_part_longer_than_file_restarts(server, tmp_path):
+    data = payload(10_000)
+    url = server.add("w.bin", data)
+    (tmp_path / "w.bin.part").write_bytes(b"z" * 20_000)
+    dest = download(url, tmp_path / "w.bin", progress=False)  # 416, then a fresh download
+    assert dest.read_bytes() == data
+    assert [r["range"] for r in server.requests] == ["bytes=20000-", None]
+
+
+def test_checksum_mismatch_leaves_nothing(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    wrong = "ab" * 32
+    with pytest.raises(WeightsError) as info:
+        download(url, dest, sha256=wrong, progress=False)
+    msg = str(info.value)
+    assert "checksum mismatch" in msg and "w.bin" in msg and url in msg and wrong in msg and sha(data) in msg
+    assert not isinstance(info.value, OfflineError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_size_mismatch_leaves_nothing(server, tmp_path):
+    data = payload(1000)
+    url = server.add("w.bin", data)
+    with pytest.raises(WeightsError, match="has 1000 bytes, expected 999"):
+        download(url, tmp_path / "w.bin", size=999, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_http_404_fails_at_once(server, tmp_path):
+    url = f"{server.base}/nothing.bin"
+    with pytest.raises(WeightsError, match="HTTP 404") as info:
+        download(url, tmp_path / "w.bin", progress=False)
+    assert not isinstance(info.value, OfflineError) and url in str(info.value)
+    assert len(server.requests) == 1
+
+
+def test_transient_http_error_is_retried(server, tmp_path):
+    data = payload(1000)
+    url = server.add("w.bin", data)
+    server.fail_first = 503
+    assert download(url, tmp_path / "w.bin", progress=False).read_bytes() == data
+    assert len(server.requests) == 2
+
+
+# ------------------------------------------------------------------------------------------------- sha256
+
+
+def test_recorded_hash_catches_file_modified_after_download(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = download(url, tmp_path / "w.bin", progress=False)  # no known hash: the recorded one guards it
+    assert verify_file(dest) == sha(data)
+    with open(dest, "r+b") as fh:
+        fh.seek(1234)
+        fh.write(bytes([data[1234] ^ 0xFF]))
+    with pytest.raises(WeightsError, match="changed since it was downloaded") as info:
+        verify_file(dest)
+    assert str(dest) in str(info.value)
+    with pytest.raises(WeightsError, match="changed since it was downloaded"):
+        download(url, dest, progress=False)
+    assert len(server.requests) == 1
+
+
+def test_verify_file_records_hand_placed_file_and_checks_known_hash(tmp_path):
+    f = tmp_path / "placed.pth"
+    f.write_bytes(b"hello")
+    assert recorded_sha256(f) is None
+    assert verify_file(f) == sha(b"hello") == recorded_sha256(f)
+    assert verify_file(f, sha(b"hello").upper(), size=5) == sha(b"hello")
+    with pytest.raises(WeightsError, match=r"placed\.pth has 5 bytes, expected 6"):
+        verify_file(f, size=6)
+    with pytest.raises(WeightsError, match=r"placed\.pth fails its checksum"):
+        verify_file(f, "1" * 64)
+    with pytest.raises(WeightsError, match="does not exist"):
+        verify_file(tmp_path / "absent.pth")
+    sha256_sidecar(f).write_text("not a hash\n")
+    with pytest.raises(WeightsError, match="unreadable"):
+        verify_file(f)
+
+
+def test_sha256_file_is_chunked(tmp_path):
+    f = tmp_path / "big.bin"
+    data = payload(3 * 2**20 + 17)
+    f.write_bytes(data)
+    assert sha256_file(f, chunk_size=4096) == sha256_file(f) == sha(data)
+
+
+# ------------------------------------------------------------------------------------------------ offline
+
+
+@pytest.mark.parametrize("var", ["PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_env_blocks_the_network(server, tmp_path, monkeypatch, var):
+    url = server.add("w.bin", b"data")
+    dest = tmp_path / "cache" / "w.bin"
+    assert not is_offline()
+    monkeypatch.setenv(var, "1")
+    assert is_offline()
+    with pytest.raises(OfflineError) as info:
+        download(url, dest, progress=False)
+    msg = str(info.value)
+    assert str(dest) in msg and url in msg and f"{var}=1" in msg
+    assert info.value.files == [(dest, url)]
+    assert server.requests == []
+    assert not dest.parent.exists()
+    monkeypatch.setenv(var, "0")
+    assert not is_offline()
+
+
+def test_network_failure_raises_offline_error_listing_file_and_url(tmp_path):
+    url = closed_port_url()
+    dest = tmp_path / "w.bin"
+    t0 = time.perf_counter()
+    with pytest.raises(OfflineError) as info:
+        download(url, dest, progress=False, retries=2, timeout=2)
+    assert time.perf_counter() - t0 < 5
+    msg = str(info.value)
+    assert "network failed after 3 attempt(s)" in msg and str(dest) in msg and url in msg
+    assert "refused" in msg.lower()
+    assert not dest.exists()
+
+
+def test_network_failure_mid_download_keeps_part_for_resume(server, tmp_path, monkeypatch):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.drop_after = 40_000
+    dest = tmp_path / "w.bin"
+    with pytest.raises(OfflineError, match="the next attempt resumes"):
+        download(url, dest, progress=False, retries=0)
+    assert (tmp_path / "w.bin.part").stat().st_size == 40_000
+    download(url, dest, sha256=sha(data), progress=False)
+    assert server.requests[-1]["range"] == "bytes=40000-" and dest.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------------------------------- zip
+
+
+def make_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_extract_zip_puts_files_in_place(tmp_path):
+    z = make_zip(tmp_path / "a.zip", {"ensemble_lora/adapter_config.json": b"{}",
+                                      "ensemble_lora/adapter_model.safetensors": b"x" * 100,
+                                      "top.txt": b"t"})
+    target = tmp_path / "cache"
+    out = extract_zip(z, target)
+    assert sorted(out) == sorted([target / "ensemble_lora" / "adapter_config.json",
+                                  target / "ensemble_lora" / "adapter_model.safetensors", target / "top.txt"])
+    assert (target / "ensemble_lora" / "adapter_config.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in target.iterdir()) == ["ensemble_lora", "top.txt"]  # no staging left
+
+
+def test_extract_zip_replaces_an_existing_entry(tmp_path):
+    target = tmp_path / "cache"
+    (target / "ensemble_lora").mkdir(parents=True)
+    (target / "ensemble_lora" / "stale.bin").write_bytes(b"old")
+    z = make_zip(tmp_path / "a.zip", {"ensemble_lora/adapter_config.json": b"{}"})
+    extract_zip(z, target)
+    assert sorted(p.name for p in (target / "ensemble_lora").iterdir()) == ["adapter_config.json"]
+
+
+def test_truncated_zip_is_refused(tmp_path):
+    z = make_zip(tmp_path / "a.zip", {"ensemble_lora/adapter_config.json": payload(5000)})
+    z.write_bytes(z.read_bytes()[:-300])
+    with pytest.raises(WeightsError, match="truncated or corrupt") as info:
+        extract_zip(z, tmp_path / "out")
+    assert str(z) in str(info.value) and "download it again" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_zip_member_is_refused(tmp_path):
+    z = make_zip(tmp_path / "a.zip", {"f.bin": b"A" * 1000}, zipfile.ZIP_STORED)
+    raw = bytearray(z.read_bytes())
+    raw[raw.index(b"A" * 1000) + 500] = ord("B")
+    z.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=r"'f\.bin' fails its CRC check"):
+        extract_zip(z, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _symlink_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "../../evil.txt")
+    return path
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/abs.txt", "ok/../../evil.txt", "C:/evil.txt",
+                                    "..\\evil.txt", "symlink"])
+def test_malicious_zip_members_are_refused(tmp_path, member):
+    box = tmp_path / "box"
+    target = box / "cache"
+    target.mkdir(parents=True)
+    if member == "symlink":
+        z, shown = _symlink_zip(tmp_path / "evil.zip"), "link"
+    else:
+        with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+            zf.writestr("fine.txt", b"fine")
+            zf.writestr(zipfile.ZipInfo(member), b"evil")
+        z, shown = tmp_path / "evil.zip", member
+    with pytest.raises(WeightsError, match="refusing to extract") as info:
+        extract_zip(z, target)
+    assert repr(shown) in str(info.value)
+    assert list(target.iterdir()) == []  # all or nothing
+    assert [p.name for p in box.iterdir()] == ["cache"]
+    assert not any(p.name in ("evil.txt", "abs.txt") for p in tmp_path.rglob("*"))
+
+
+# ------------------------------------------------------------------------------------------- safetensors
+
+
+def test_check_safetensors_accepts_a_real_file(tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "m.safetensors"
+    save_file({"a": torch.zeros(3, 4), "b": torch.ones(5, dtype=torch.float16), "c": torch.zeros(0)}, f,
+              metadata={"format": "pt"})
+    header = check_safetensors(f)
+    assert header["a"]["shape"] == [3, 4] and header["__metadata__"] == {"format": "pt"}
+
+
+def _raw_safetensors(header: dict, data: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return len(h).to_bytes(8, "little") + h + data
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"\x01\x02", "too short"),
+    (b"\xff" * 8 + b"{}", "does not fit"),
+    ((40).to_bytes(8, "little") + b"\x89garbage-not-json" + b"\x00" * 30, "not JSON"),
+    ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+    (_raw_safetensors({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 32]}}, b"\x00" * 16), "outside"),
+    (_raw_safetensors({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}, b"\x00" * 12), "needs 16 bytes"),
+    (_raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\x00" * 8), "expected 0"),
+    (_raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 8), "inconsistent"),
+    (_raw_safetensors({"a": {"dtype": "F32", "shape": [1]}}, b"\x00" * 4), "data_offsets"),
+])
+def test_check_safetensors_rejects_bad_headers(tmp_path, content, problem):
+    f = tmp_path / "bad.safetensors"
+    f.write_bytes(content)
+    with pytest.raises(WeightsError, match=problem) as info:
+        check_safetensors(f)
+    assert str(f) in str(info.value)
+
+
+def test_check_safetensors_rejects_truncated_file(tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "m.safetensors"
+    save_file({"a": torch.zeros(64, 64)}, f)
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(WeightsError, match=r"m\.safetensors is not a valid safetensors file"):
+        check_safetensors(f)
+
+
+# ---------------------------------------------------------------------------------------------- torch files
+
+
+class NotAllowed:
+    """A pickled object of this class needs weights_only=False, which percepbench never uses."""
+
+
+def test_check_torch_file(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, good)
+    assert torch.equal(check_torch_file(good)["state_dict"]["w"], torch.ones(2))
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"obj": NotAllowed()}, unsafe)
+    with pytest.raises(WeightsError, match=r"unsafe\.pth"):
+        check_torch_file(unsafe)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:50])
+    with pytest.raises(WeightsError, match=r"truncated\.pth"):
+        check_torch_file(truncated)
+
+
+def test_no_code_loads_with_weights_only_false():
+    pattern = re.compile(r"weights_only\s*=\s*False")
+    offenders = [
+        str(p.relative_to(REPO))
+        for folder in ("percepbench", "metrics_registry", "tasks", "reports")
+        for p in (REPO / folder).rglob("*.py")
+        if pattern.search(p.read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert offenders == [], f"torch.load(weights_only=False) in {offenders}"

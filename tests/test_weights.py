@@ -1,0 +1,182 @@
+"""percepbench.weights: cache-dir rule, presence (zip archives via extract_to), ensure_files online/offline."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch.hub
+from test_download import LocalServer, closed_port_url
+
+from percepbench import download as dl
+from percepbench.errors import OfflineError, WeightsError
+from percepbench.specs import MetricSpec, WeightFile
+from percepbench.weights import (
+    cache_dir,
+    ensure_files,
+    ensure_weights,
+    is_present,
+    missing_weights,
+    usable_offline,
+    weight_path,
+)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    srv = LocalServer(tmp_path / "served")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
+    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def lora_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ensemble_lora/adapter_config.json", b'{"r": 16, "lora_alpha": 1.0}')
+        zf.writestr("ensemble_lora/adapter_model.safetensors", b"\x00" * 4096)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def dreamsim_like(server):
+    """A zip that extracts ``ensemble_lora/`` and a plain backbone file, as WeightFiles on the server."""
+    zip_bytes, backbone = lora_zip(), b"backbone-weights" * 1000
+    files = (
+        WeightFile("dreamsim_ensemble_checkpoint.zip", server.add("ens.zip", zip_bytes), sha256=sha(zip_bytes),
+                   size=len(zip_bytes), extract_to="ensemble_lora"),
+        WeightFile("dino_vitb16_pretrain.pth", server.add("dino.pth", backbone), sha256=sha(backbone)),
+    )
+    return files, zip_bytes, backbone
+
+
+def test_cache_dir_resolved_at_call_time(monkeypatch, tmp_path):
+    assert cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    monkeypatch.delenv("PERCEPBENCH_CACHE")
+    assert cache_dir() == Path(torch.hub.get_dir()) / "percepbench"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert cache_dir() == tmp_path / "hub" / "percepbench"
+
+
+def test_ensure_files_downloads_extracts_and_then_stays_offline(server, dreamsim_like, monkeypatch, _isolated):
+    files, zip_bytes, backbone = dreamsim_like
+    root = _isolated
+    spec = MetricSpec(name="fake.ens", target="helpers_metrics:MeanAbs", description="x", weights=files)
+    assert missing_weights(spec) == ["dreamsim_ensemble_checkpoint.zip", "dino_vitb16_pretrain.pth"]
+    assert not usable_offline(spec)
+
+    assert ensure_files(files, progress=False) == root
+    assert (root / "ensemble_lora" / "adapter_config.json").read_bytes() == b'{"r": 16, "lora_alpha": 1.0}'
+    assert (root / "dino_vitb16_pretrain.pth").read_bytes() == backbone
+    assert (root / "dreamsim_ensemble_checkpoint.zip.sha256").read_text().split()[0] == sha(zip_bytes)
+    assert (root / "dino_vitb16_pretrain.pth.sha256").read_text().split()[0] == sha(backbone)
+    assert not list(root.glob("*.part")) and not list(root.glob(".extracting-*"))
+    assert missing_weights(spec) == [] and usable_offline(spec)
+    assert len(server.requests) == 2
+
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    assert ensure_weights(spec, progress=False) == root  # present: verified, no network
+    assert len(server.requests) == 2
+
+
+def test_ensure_files_offline_lists_every_missing_file_at_once(server, dreamsim_like, monkeypatch, _isolated):
+    files, _, _ = dreamsim_like
+    root = _isolated
+    present = b"already here"
+    root.mkdir(parents=True)
+    (root / "present.pth").write_bytes(present)
+    extra = WeightFile("checkpoints/other.pth", f"{server.base}/other.pth")
+    all_files = [*files, WeightFile("present.pth", f"{server.base}/present.pth", sha256=sha(present)), extra]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError) as info:
+        ensure_files(all_files, progress=False)
+    msg = str(info.value)
+    assert "cannot download 3 weight file(s)" in msg and "HF_HUB_OFFLINE=1" in msg
+    for w in (*files, extra):
+        assert str(root / w.filename) in msg and w.url in msg
+    assert str(root / "ensemble_lora") in msg  # what the zip must produce
+    assert "present.pth" not in msg
+    assert [p for p, _ in info.value.files] == [root / w.filename for w in (*files, extra)]
+    assert server.requests == []
+
+
+def test_ensure_files_offline_extracts_a_zip_placed_by_hand(server, dreamsim_like, monkeypatch, _isolated):
+    files, zip_bytes, _ = dreamsim_like
+    root = _isolated
+    root.mkdir(parents=True)
+    (root / files[0].filename).write_bytes(zip_bytes)
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    ensure_files(files[:1], progress=False)
+    assert (root / "ensemble_lora" / "adapter_config.json").is_file()
+    assert is_present(files[0])
+    assert server.requests == []
+
+
+def test_ensure_files_network_failure_lists_all_missing(_isolated):
+    files = [WeightFile("a.pth", closed_port_url("a.pth")), WeightFile("b.zip", closed_port_url("b.zip"),
+                                                                       extract_to="b_lora")]
+    with pytest.raises(OfflineError) as info:
+        ensure_files(files, progress=False)
+    msg = str(info.value)
+    assert "network failed" in msg and "cannot download 2 weight file(s)" in msg
+    for w in files:
+        assert str(_isolated / w.filename) in msg and w.url in msg
+
+
+def test_ensure_files_catches_a_file_modified_after_download(server, _isolated):
+    data = b"weights" * 100
+    files = [WeightFile("w.pth", server.add("w.pth", data))]  # no known sha256: the recorded one is used
+    ensure_files(files, progress=False)
+    (_isolated / "w.pth").write_bytes(b"tampered" * 100)
+    with pytest.raises(WeightsError, match="changed since it was downloaded") as info:
+        ensure_files(files, progress=False)
+    assert str(_isolated / "w.pth") in str(info.value)
+
+
+def test_ensure_files_wrong_hash_of_hand_placed_file(_isolated):
+    _isolated.mkdir(parents=True)
+    (_isolated / "w.pth").write_bytes(b"wrong")
+    with pytest.raises(WeightsError, match="fails its checksum"):
+        ensure_files([WeightFile("w.pth", "http://127.0.0.1:9/w.pth", sha256="0" * 64)], progress=False)
+
+
+def test_zip_without_the_expected_target_is_an_error(server, _isolated):
+    zip_bytes = lora_zip()
+    w = WeightFile("x.zip", server.add("x.zip", zip_bytes), extract_to="single_lora")
+    with pytest.raises(WeightsError, match="does not contain 'single_lora'"):
+        ensure_files([w], progress=False)
+
+
+def test_missing_weights_honours_extract_to(_isolated):
+    w = WeightFile("pretrained.zip", "https://example.invalid/p.zip", extract_to="ensemble_lora")
+    spec = MetricSpec(name="fake.zip", target="helpers_metrics:MeanAbs", description="x", weights=(w,))
+    assert missing_weights(spec) == ["pretrained.zip"]
+    (_isolated / "ensemble_lora").mkdir(parents=True)
+    assert missing_weights(spec) == [] and usable_offline(spec)
+    assert weight_path(w) == _isolated / "pretrained.zip"
+    assert w.to_dict()["extract_to"] == "ensemble_lora"
+
+
+@pytest.mark.parametrize("name", ["../escape.pth", "/abs.pth", "a/../../b.pth", "C:/w.pth"])
+def test_weight_paths_must_stay_inside_the_cache(name):
+    with pytest.raises(WeightsError, match="relative path inside the cache"):
+        ensure_files([WeightFile(name, "https://example.invalid/w")], progress=False)
