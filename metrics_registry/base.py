@@ -42,6 +42,7 @@ class DistanceMetric(Metric):
     #: input convention checked by ``update`` (the registry spec documents the same values)
     min_size: ClassVar[int] = 1
     grayscale: ClassVar[str] = "expand"
+    input_range: tuple[float, float] = (0.0, 1.0)  #: range of float inputs (uint8 is always [0, 255])
 
     spec: Any = None  # set by ``MetricSpec.create``
 
@@ -76,7 +77,8 @@ class DistanceMetric(Metric):
     def prepare(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate a pair of batches and convert both to float [0, 1] on the metric's device."""
         check_pair(preds, target)
-        kw = {"grayscale": self.grayscale, "min_size": self.min_size, "check_values": self.validate_args}
+        kw = {"grayscale": self.grayscale, "min_size": self.min_size, "check_values": self.validate_args,
+              "input_range": self.input_range}
         x = to_unit_range(preds, name="preds", **kw)
         y = to_unit_range(target, name="target", **kw)
         return x.to(self.device), y.to(self.device)

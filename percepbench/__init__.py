@@ -6,7 +6,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_metric", "create_task", "list_metrics", "list_tasks"]
+__all__ = ["DreamSimMetric", "__version__", "create_metric", "create_task", "dreamsim", "list_metrics", "list_tasks"]
+
+
+def __getattr__(name: str) -> Any:
+    # heavy objects load on first use, so `import percepbench` stays light
+    if name == "dreamsim":
+        from percepbench.models.dreamsim import dreamsim
+
+        return dreamsim
+    if name == "DreamSimMetric":
+        from percepbench.metrics_registry.dreamsim import DreamSimMetric
+
+        return DreamSimMetric
+    raise AttributeError(f"module 'percepbench' has no attribute {name!r}")
 
 
 def list_metrics(pattern: str = "*") -> list[str]:

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from percepbench.errors import DataError, UsageError
+from percepbench.errors import DataError, UsageError, WeightsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, DataError) as exc:
         print(f"percepbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WeightsError as exc:  # missing/corrupt weights, offline mode: the message lists files and URLs
+        print(f"percepbench {args.command}: weights: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("percepbench: interrupted; results written so far are kept", file=sys.stderr)
         return 130

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch.hub
-from test_download import LocalServer, closed_port_url
 
 from percepbench import download as dl
 from percepbench.errors import OfflineError, WeightsError
@@ -23,6 +22,8 @@ from percepbench.weights import (
     usable_offline,
     weight_path,
 )
+
+from test_download import LocalServer, closed_port_url
 
 
 @pytest.fixture

@@ -1,0 +1,104 @@
+"""DreamSim as a percepbench metric: ``dreamsim`` (= ``dreamsim.ensemble``) and ``dreamsim.<variant>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from percepbench.dreamsim_weights import dreamsim_weight_files
+from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.models.dreamsim import VARIANTS, build_dreamsim
+from percepbench.models.vit import IMAGE_SIZE
+from percepbench.registry import register_metric
+from percepbench.specs import InputConvention, MetricSpec
+
+CITATION = ("Fu, Tamir, Sundaram, Chai, Zhang, Dekel, Isola. DreamSim: Learning New Dimensions of Human "
+            "Visual Similarity using Synthetic Data. NeurIPS 2023.")
+
+
+class DreamSimMetric(DistanceMetric):
+    """DreamSim distance ``1 - cos(embed(preds), embed(target))`` per pair, as a torchmetrics ``Metric``.
+
+    Inputs: float image batches (N, 3, H, W) of any size in [0, 1] (or [-1, 1] with
+    ``input_range=(-1, 1)``), or uint8. They are resized to 224x224 inside with antialiased bicubic
+    interpolation (``percepbench run`` instead resizes image files with PIL bicubic, as the official
+    ``preprocess`` does). Differentiable with respect to the inputs, so it works as a loss; the weights
+    are frozen (no gradients, eval mode). Runs on CUDA and under autocast.
+
+    Args:
+        variant: one of ``ensemble`` (default), ``dino_vitb16``, ``clip_vitb32``, ``open_clip_vitb32``,
+            ``dinov2_vitb14``, ``synclr_vitb16``, ``dino_vitb16_patch``, ``dinov2_vitb14_patch``.
+        normalize_embeds: centre and L2-normalise embeddings (the ``dreamsim()`` default).
+        lora: load the released LoRA (False: zero-shot backbones).
+        pretrained: load weights (False: random weights, no network; for tests and shape checks).
+        cache_dir: weights cache (default ``$PERCEPBENCH_CACHE`` or ``<torch hub>/percepbench``).
+        merge_lora: fold LoRA into the weights for faster inference.
+        input_range: ``(0, 1)`` or ``(-1, 1)`` for float inputs.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per pair).
+
+    Example:
+        >>> import torch
+        >>> from percepbench import DreamSimMetric
+        >>> metric = DreamSimMetric(variant="dino_vitb16", pretrained=False, reduction="none")
+        >>> metric(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2])
+    """
+
+    is_differentiable = True
+
+    def __init__(self, variant: str = "ensemble", normalize_embeds: bool = True, lora: bool = True,
+                 pretrained: bool = True, cache_dir: str | Path | None = None, merge_lora: bool = False,
+                 input_range: tuple[float, float] = (0.0, 1.0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown DreamSim variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if tuple(input_range) not in ((0.0, 1.0), (-1.0, 1.0)):
+            raise ValueError(f"input_range must be (0, 1) or (-1, 1), got {input_range!r}")
+        self.variant = variant
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.model = self.freeze(build_dreamsim(variant, cache_dir=cache_dir, pretrained=pretrained, lora=lora,
+                                                normalize_embeds=normalize_embeds, merge=merge_lora))
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (IMAGE_SIZE, IMAGE_SIZE):
+            return x
+        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
+        return x.clamp(0.0, 1.0)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings (N, D) of validated [0, 1] images (what the distance compares)."""
+        return self.model.embed_pooled(self.resize(x))
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.model(self.resize(preds), self.resize(target))
+
+
+_DESCRIPTIONS = {
+    "ensemble": "DreamSim ensemble (DINO ViT-B/16 + CLIP ViT-B/16 + OpenCLIP ViT-B/16, LoRA)",
+    "dino_vitb16": "DreamSim single-branch DINO ViT-B/16 (LoRA)",
+    "clip_vitb32": "DreamSim single-branch CLIP ViT-B/32 (LoRA)",
+    "open_clip_vitb32": "DreamSim single-branch OpenCLIP ViT-B/32 (LoRA)",
+    "dinov2_vitb14": "DreamSim single-branch DINOv2 ViT-B/14 (LoRA)",
+    "synclr_vitb16": "DreamSim single-branch SynCLR ViT-B/16 (LoRA)",
+    "dino_vitb16_patch": "DreamSim DINO ViT-B/16, CLS + pooled patch tokens (LoRA)",
+    "dinov2_vitb14_patch": "DreamSim DINOv2 ViT-B/14, CLS + pooled patch tokens (LoRA)",
+}
+
+for _variant in VARIANTS:
+    register_metric(MetricSpec(
+        name=f"dreamsim.{_variant}",
+        target="percepbench.metrics_registry.dreamsim:DreamSimMetric",
+        kwargs={"variant": _variant},
+        description=_DESCRIPTIONS[_variant],
+        distance="1 - cosine(embeddings), embeddings centred and L2-normalised (normalize_embeds=True)",
+        kind="embedding",
+        inputs=InputConvention(size=IMAGE_SIZE, interpolation="bicubic"),
+        weights=dreamsim_weight_files(_variant),
+        reference="official dreamsim 0.2.1 package (parity on random weights in tests/test_dreamsim_parity.py)",
+        licence="MIT (code and weights); backbones: DINO/DINOv2 Apache-2.0, CLIP MIT, OpenCLIP MIT, SynCLR Apache-2.0",
+        citation=CITATION,
+        default=_variant == "ensemble",
+    ))

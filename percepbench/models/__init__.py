@@ -1,0 +1,1 @@
+"""Neural network models: ViT backbones with their checkpoint converters, and DreamSim."""

@@ -1,0 +1,238 @@
+"""ViT backbones of DreamSim, built on timm's ``VisionTransformer``, and converters from each upstream
+checkpoint format.
+
+Every released DreamSim backbone is a ViT-Base (width 768, depth 12, 12 heads, MLP 3072, fused ``qkv``
+with bias, CLS token at position 0, learned absolute position embeddings, 224-px input). They differ in:
+
+==================  =========  ==========  =========  ======  ===========  ======================
+backbone            patch      activation  LN eps     ln_pre  LayerScale   normalisation
+==================  =========  ==========  =========  ======  ===========  ======================
+dino_vitb16         16         GELU        1e-6       no      no           ImageNet
+dinov2_vitb14       14         GELU        1e-6       no      yes          ImageNet
+synclr_vitb16       16         GELU        1e-6       no      no           ImageNet
+clip_vitb16/32      16 / 32    QuickGELU   1e-5       yes     no           OpenAI CLIP
+open_clip_vitb16/32 16 / 32    GELU        1e-5       yes     no           OpenAI CLIP
+==================  =========  ==========  =========  ======  ===========  ======================
+
+OpenCLIP uses the *exact* GELU although its weights were trained with QuickGELU: DreamSim's LoRA was
+trained that way, so parity needs it. timm's module names (``blocks.<k>.attn.qkv`` ...) are the ones the
+official checkpoints use; only ``pos_drop`` (the official name of CLIP's ``ln_pre``) becomes timm's
+``norm_pre``, and DINOv2's 37x37 position grid is interpolated to 16x16 once, at load time, with the
+DINOv2 hub formula (bicubic, scale factor (16 + 0.1) / 37, no antialiasing).
+
+Features (all from the output of block 11):
+
+- ``cls``: the CLS token **before** the final LayerNorm (DINO, DINOv2, SynCLR);
+- ``embedding``: final LayerNorm on the CLS token, then the 768x512 projection (CLIP, OpenCLIP);
+- ``cls_patch``: all tokens, before the final LayerNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SIZE = 224
+
+Feature = Literal["cls", "embedding", "cls_patch"]
+CheckpointFormat = Literal["dino_hub", "dinov2_hub", "dino_style", "synclr"]
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Architecture and checkpoint facts of one backbone."""
+
+    name: str
+    patch_size: int
+    act: Literal["gelu", "quick_gelu"]
+    ln_eps: float
+    ln_pre: bool
+    layer_scale: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    checkpoint: str  # path of the weights file inside the (official-layout) cache dir
+    checkpoint_format: CheckpointFormat
+    checkpoint_url: str | None = None  # direct URL (torch-hub files); None: comes inside a DreamSim zip
+    checkpoint_grid: int | None = None  # position grid stored in the checkpoint, when not 224 / patch
+    proj_dim: int | None = None  # CLIP projection width ('embedding' feature)
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+
+    @property
+    def grid(self) -> int:
+        return IMAGE_SIZE // self.patch_size
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return ("embedding",) if self.proj_dim else ("cls", "cls_patch")
+
+
+_FB = "https://dl.fbaipublicfiles.com"
+BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
+    BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   "checkpoints/dino_vitbase16_pretrain.pth", "dino_hub",
+                   f"{_FB}/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    BackboneConfig("dinov2_vitb14", 14, "gelu", 1e-6, False, True, IMAGENET_MEAN, IMAGENET_STD,
+                   "checkpoints/dinov2_vitb14_pretrain.pth", "dinov2_hub",
+                   f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth", checkpoint_grid=37),
+    BackboneConfig("synclr_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   "synclr_vit_b_16.pth", "synclr"),
+    BackboneConfig("clip_vitb16", 16, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   "clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
+    BackboneConfig("clip_vitb32", 32, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   "clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
+    BackboneConfig("open_clip_vitb16", 16, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   "open_clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
+    BackboneConfig("open_clip_vitb32", 32, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   "open_clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
+)}
+
+
+def build_vit(cfg: BackboneConfig) -> nn.Module:
+    """timm ViT with this backbone's architecture (random weights).
+
+    timm drops the patch-embedding bias when ``pre_norm`` is set (OpenAI CLIP has none); the DINO-style
+    CLIP checkpoints DreamSim ships carry one, so the bias is restored (zero unless loaded).
+    """
+    from timm.layers import QuickGELU  # timm is imported only when a network is built
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        img_size=IMAGE_SIZE, patch_size=cfg.patch_size, embed_dim=cfg.width, depth=cfg.depth,
+        num_heads=cfg.heads, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
+        num_classes=0, pre_norm=cfg.ln_pre, final_norm=True,
+        init_values=1e-5 if cfg.layer_scale else None,
+        norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
+        act_layer=QuickGELU if cfg.act == "quick_gelu" else nn.GELU,
+    )
+    if vit.patch_embed.proj.bias is None:
+        proj = vit.patch_embed.proj
+        vit.patch_embed.proj = nn.Conv2d(proj.in_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=True)
+        with torch.no_grad():
+            vit.patch_embed.proj.weight.copy_(proj.weight)
+            vit.patch_embed.proj.bias.zero_()
+    return vit
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """DINOv2 hub interpolation of a (1, 1 + M*M, D) position table to a ``grid`` x ``grid`` patch grid."""
+    n = pos_embed.shape[1] - 1
+    m = math.isqrt(n)
+    if m * m != n:
+        raise ValueError(f"position table of {n} patches is not a square grid")
+    if m == grid:
+        return pos_embed
+    dtype = pos_embed.dtype
+    pe = pos_embed.float()
+    patches = pe[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    scale = (grid + 0.1) / m
+    patches = nn.functional.interpolate(patches, scale_factor=(scale, scale), mode="bicubic")
+    if patches.shape[-2:] != (grid, grid):
+        raise RuntimeError(f"interpolated grid {tuple(patches.shape[-2:])} != {grid}x{grid}")
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    return torch.cat([pe[:, :1], patches], dim=1).to(dtype)
+
+
+def convert_checkpoint(cfg: BackboneConfig, raw: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Upstream checkpoint object -> (timm state dict, projection or None).
+
+    Formats: ``dino_hub`` (plain DINO state dict), ``dinov2_hub`` (plain, with ``mask_token`` and a 37x37
+    grid), ``dino_style`` (``{"state_dict": DINO-style names + "proj"}``, CLIP/OpenCLIP), ``synclr``
+    (``{"model": {"module.visual.<name>": ...}}``).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg.name}: checkpoint is a {type(raw).__name__}, expected a dict")
+    if cfg.checkpoint_format == "dino_style":
+        if "state_dict" not in raw:
+            raise ValueError(f"{cfg.name}: checkpoint has no 'state_dict' key (keys: {sorted(raw)[:5]})")
+        sd = dict(raw["state_dict"])
+    elif cfg.checkpoint_format == "synclr":
+        if "model" not in raw:
+            raise ValueError(f"{cfg.name}: checkpoint has no 'model' key (keys: {sorted(raw)[:5]})")
+        prefix = "module.visual."
+        bad = [k for k in raw["model"] if not k.startswith(prefix)]
+        if bad:
+            raise ValueError(f"{cfg.name}: SynCLR keys must start with {prefix!r}, found {bad[:3]}")
+        sd = {k[len(prefix):]: v for k, v in raw["model"].items()}
+    else:
+        sd = dict(raw)
+    proj = sd.pop("proj", None)
+    sd.pop("mask_token", None)
+    if cfg.ln_pre:
+        for p in ("weight", "bias"):
+            if f"pos_drop.{p}" in sd:
+                sd[f"norm_pre.{p}"] = sd.pop(f"pos_drop.{p}")
+    if "pos_embed" in sd:
+        sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], cfg.grid)
+    if cfg.proj_dim and proj is None:
+        raise ValueError(f"{cfg.name}: checkpoint has no 'proj' (the {cfg.width}x{cfg.proj_dim} projection)")
+    return sd, proj
+
+
+class Backbone(nn.Module):
+    """One backbone: per-backbone normalisation of [0, 1] input, timm ViT as ``.model``, CLIP projection.
+
+    The attribute name ``model`` keeps the official LoRA key layout
+    (``extractor_list.<i>.model.blocks.<k>.attn.qkv``).
+    """
+
+    def __init__(self, cfg: BackboneConfig, *, empty: bool = False) -> None:
+        """``empty=True`` allocates no weights (meta device): call :meth:`load_checkpoint` next. It skips
+        timm's random initialisation, which costs seconds per ViT-B on a CPU."""
+        super().__init__()
+        self.cfg = cfg
+        if empty:
+            with torch.device("meta"):
+                self.model = build_vit(cfg)
+        else:
+            self.model = build_vit(cfg)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        self.proj = None
+        if cfg.proj_dim:  # CLIP's initialisation: normal with std width ** -0.5
+            self.proj = nn.Parameter(torch.randn(cfg.width, cfg.proj_dim) * cfg.width**-0.5, requires_grad=False)
+
+    def load_checkpoint(self, raw: Any) -> None:
+        """Load an upstream checkpoint object strictly (every key must match)."""
+        sd, proj = convert_checkpoint(self.cfg, raw)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False, assign=True)
+        if missing or unexpected:
+            raise ValueError(f"{self.cfg.name}: checkpoint does not match the architecture: "
+                             f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+        if self.proj is not None:
+            if tuple(proj.shape) != tuple(self.proj.shape):
+                raise ValueError(f"{self.cfg.name}: projection has shape {tuple(proj.shape)}, "
+                                 f"expected {tuple(self.proj.shape)}")
+            with torch.no_grad():
+                self.proj.copy_(proj)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens at the output of the last block, before the final LayerNorm: (B, 1 + N, D)."""
+        m = self.model
+        x = (x - self.mean) / self.std
+        x = m.patch_embed(x)
+        x = m._pos_embed(x)
+        x = m.norm_pre(x)
+        return m.blocks(x)
+
+    def features(self, x: torch.Tensor, kind: Feature) -> torch.Tensor:
+        tokens = self.tokens(x)
+        if kind == "cls":
+            return tokens[:, 0]
+        if kind == "cls_patch":
+            return tokens
+        if kind == "embedding":
+            if self.proj is None:
+                raise ValueError(f"{self.cfg.name} has no projection: 'embedding' is for CLIP backbones")
+            return self.model.norm(tokens[:, 0]) @ self.proj
+        raise ValueError(f"unknown feature {kind!r}")

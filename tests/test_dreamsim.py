@@ -1,0 +1,256 @@
+"""DreamSim: the real official LoRA adapter, the drop-in API, DreamSimMetric, weights download/offline."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+import torch
+
+from percepbench import DreamSimMetric, dreamsim
+from percepbench.errors import OfflineError, WeightsError
+from percepbench.models.dreamsim import (
+    VARIANTS,
+    DreamSimModel,
+    normalize_embedding,
+    read_adapter_config,
+)
+from percepbench.registry import METRICS
+
+from conftest import SHARED_FIXTURES
+from dreamsim_official import official_vit
+from test_download import LocalServer
+
+REAL_ADAPTER = SHARED_FIXTURES / "dreamsim" / "dino_vitb16_single_lora"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def random_model(variant: str, seed: int = 0, **kwargs) -> DreamSimModel:
+    torch.manual_seed(seed)
+    return DreamSimModel(variant, **kwargs).eval()
+
+
+def test_real_official_adapter_loads_strictly_and_changes_the_output():
+    model = random_model("dino_vitb16", normalize_embeds=False)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.embed(x)
+    model.load_lora(REAL_ADAPTER)  # raises on any missing or unexpected LoRA key
+    assert model.lora_config["lora_alpha"] == 32.0 and model.lora_config["r"] == 16
+    assert model.lora_config["lora_dropout"] == 0.2 and model.lora_config["target_modules"] == ["qkv"]
+    lora_keys = [k for k in model.state_dict() if ".lora_" in k]
+    assert len(lora_keys) == 24  # A and B for the qkv of 12 blocks
+    qkv = model.extractor_list[0].model.blocks[0].attn.qkv
+    assert qkv.lora_A["default"].weight.shape == (16, 768) and qkv.lora_B["default"].weight.shape == (2304, 16)
+    assert qkv.scaling["default"] == pytest.approx(32.0 / 16)
+    with torch.no_grad():
+        after = model.embed(x)
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_alpha_comes_from_the_file_never_a_default():
+    assert read_adapter_config(SHARED_FIXTURES / "dreamsim" / "ensemble_lora")["lora_alpha"] == 1.0
+    assert read_adapter_config(REAL_ADAPTER)["lora_alpha"] == 32.0
+
+
+def test_adapter_for_another_variant_is_refused():
+    model = random_model("ensemble")
+    with pytest.raises(WeightsError, match=r"LoRA keys do not match the ensemble model: 48 missing"):
+        model.load_lora(REAL_ADAPTER)
+
+
+def test_missing_adapter_files_name_the_path(tmp_path):
+    model = random_model("dino_vitb16")
+    with pytest.raises(WeightsError, match=r"adapter_config\.json: LoRA adapter config not found"):
+        model.load_lora(tmp_path)
+
+
+@pytest.mark.parametrize(("dreamsim_type", "patch", "shape"), [
+    ("ensemble", False, (2, 1792)),
+    ("clip_vitb32", False, (2, 512)),
+    ("dino_vitb16", True, (2, 197, 768)),
+])
+def test_drop_in_api_shapes(dreamsim_type, patch, shape):
+    torch.manual_seed(0)
+    model, preprocess = dreamsim(pretrained=False, dreamsim_type=dreamsim_type, use_patch_model=patch)
+    assert next(model.parameters()).device.type == "cpu"  # no CUDA here: the default falls back to CPU
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert model.embed(x).shape == shape
+        d = model(x, x.flip(0))
+    assert d.shape == (2,) and ((d >= 0) & (d <= 2)).all()
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    from PIL import Image
+
+    assert preprocess(Image.new("RGB", (300, 100), (255, 0, 0))).shape == (1, 3, 224, 224)
+
+
+def test_drop_in_api_errors():
+    with pytest.raises(ValueError, match="no patch model for dreamsim_type 'clip_vitb32'"):
+        dreamsim(pretrained=False, dreamsim_type="clip_vitb32", use_patch_model=True)
+    with pytest.raises(ValueError, match="unknown dreamsim_type 'dino'"):
+        dreamsim(pretrained=False, dreamsim_type="dino")
+    model, _ = dreamsim(pretrained=False, dreamsim_type="dino_vitb16")
+    with pytest.raises(ValueError, match=r"expects \(B, 3, 224, 224\)"):
+        model.embed(torch.rand(1, 3, 64, 64))
+
+
+def test_normalize_embedding_is_centred_unit_norm():
+    e = torch.randn(3, 10) + 5
+    n = normalize_embedding(e)
+    torch.testing.assert_close(n.mean(-1), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(n.norm(dim=-1), torch.ones(3))
+
+
+def test_registry_entries():
+    assert METRICS.get("dreamsim").name == "dreamsim.ensemble"
+    assert {s.name for s in METRICS.select("dreamsim.*")} == {f"dreamsim.{v}" for v in VARIANTS}
+    spec = METRICS.get("dreamsim")
+    assert spec.inputs.size == 224 and spec.inputs.interpolation == "bicubic" and spec.kind == "embedding"
+    urls = {w.url for w in spec.weights}
+    assert "https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0-checkpoints/dreamsim_ensemble_checkpoint.zip" in urls
+    assert "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth" in urls
+
+
+# ---------------------------------------------------------------------------------------------
+# DreamSimMetric
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def metric():
+    torch.manual_seed(0)
+    return DreamSimMetric(variant="dino_vitb16", pretrained=False, reduction="none")
+
+
+def test_metric_resizes_inside_with_antialiased_bicubic(metric):
+    x, y = torch.rand(2, 3, 96, 128), torch.rand(2, 3, 96, 128)
+    rx = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+    ry = torch.nn.functional.interpolate(y, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(metric.pairwise(x, y), metric.model(rx, ry))
+
+
+def test_metric_minus_one_one_flag():
+    torch.manual_seed(0)
+    m = DreamSimMetric(variant="dino_vitb16", pretrained=False, reduction="none", input_range=(-1, 1))
+    torch.manual_seed(0)
+    ref = DreamSimMetric(variant="dino_vitb16", pretrained=False, reduction="none")
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m.pairwise(x * 2 - 1, y * 2 - 1), ref.pairwise(x, y))
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        m.pairwise(x * 3, y)
+    with pytest.raises(ValueError, match="input_range must be"):
+        DreamSimMetric(variant="dino_vitb16", pretrained=False, input_range=(0, 255))
+
+
+def test_metric_as_a_loss(metric):
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    loss = metric(x, torch.rand(2, 3, 64, 64)).mean()
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in metric.parameters())
+    metric.train()
+    assert not metric.model.training
+
+
+def test_metric_under_autocast(metric):
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        d = metric.pairwise(x, y)
+    with torch.no_grad():
+        ref = metric.pairwise(x, y)
+    assert torch.isfinite(d).all()
+    torch.testing.assert_close(d.float(), ref, atol=0.05, rtol=0.2)
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="unknown DreamSim variant 'dino'"):
+        DreamSimMetric(variant="dino", pretrained=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: offline error, real HTTP download into the official layout, official cache reuse
+# ---------------------------------------------------------------------------------------------
+def test_offline_mode_lists_exact_files_and_urls(monkeypatch, tmp_path):
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    with pytest.raises(OfflineError) as exc:
+        dreamsim(pretrained=True, cache_dir=tmp_path / "empty")
+    msg = str(exc.value)
+    assert str(tmp_path / "empty" / "dreamsim_ensemble_checkpoint.zip") in msg
+    assert "dreamsim_ensemble_checkpoint.zip" in msg and "v0.2.0-checkpoints" in msg
+    assert str(tmp_path / "empty" / "checkpoints" / "dino_vitbase16_pretrain.pth") in msg
+    assert "dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth" in msg
+
+
+@pytest.mark.slow
+def test_download_from_http_into_official_layout_then_offline(monkeypatch, tmp_path):
+    import percepbench.dreamsim_weights as dw
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    server = LocalServer(tmp_path / "served")
+    try:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:  # the release zip: LoRA folder (the real adapter)
+            for f in REAL_ADAPTER.iterdir():
+                zf.write(f, f"dino_vitb16_single_lora/{f.name}")
+        zip_url = server.add("dreamsim_dino_vitb16_checkpoint.zip", buf.getvalue())
+        torch.manual_seed(3)
+        ckpt = io.BytesIO()
+        torch.save(official_vit(16).state_dict(), ckpt)
+        hub_url = server.add("dino_vitbase16_pretrain.pth", ckpt.getvalue())
+        real = dw.dreamsim_weight_files
+
+        def local_files(variant, *, lora=True):
+            files = real(variant, lora=lora)
+            return tuple(type(w)(**{**w.to_dict(), "url": zip_url if w.url.endswith(".zip") else hub_url})
+                         for w in files)
+
+        monkeypatch.setattr(dw, "dreamsim_weight_files", local_files)
+        cache = tmp_path / "cache"
+        model, _ = dreamsim(pretrained=True, dreamsim_type="dino_vitb16", cache_dir=cache)
+        assert (cache / "dino_vitb16_single_lora" / "adapter_model.safetensors").is_file()
+        assert (cache / "checkpoints" / "dino_vitbase16_pretrain.pth.sha256").is_file()
+        assert model.lora_config["lora_alpha"] == 32.0
+        n_requests = len(server.requests)
+        monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")  # second time: served from the cache
+        again, _ = dreamsim(pretrained=True, dreamsim_type="dino_vitb16", cache_dir=cache)
+        assert len(server.requests) == n_requests
+        x = torch.rand(1, 3, 224, 224)
+        with torch.no_grad():
+            torch.testing.assert_close(again.embed(x), model.embed(x))
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the runner and the CLI
+# ---------------------------------------------------------------------------------------------
+def test_percepbench_run_with_dreamsim(capsys, tmp_path):
+    from percepbench.cli import main
+    from percepbench.results import load_results
+
+    out = tmp_path / "run"
+    code = main(["run", "-m", "dreamsim.dino_vitb16", "--metric-args", "dreamsim.dino_vitb16:pretrained=false",
+                 "--task-args", "severity2afc:per_family=1,size=64", "--n-boot", "20", "-q", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    res = load_results(out)
+    (proto,) = res.meta["protocol"]
+    assert proto["resize"] == "224x224 bicubic" and proto["metric"] == "dreamsim.dino_vitb16"
+    assert len(res.samples) == 8 and res.samples["d0"].between(0, 2).all()
+
+
+def test_percepbench_run_offline_names_the_files(capsys, tmp_path, monkeypatch):
+    from percepbench.cli import main
+
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    code = main(["run", "-m", "dreamsim", "-q", "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "dreamsim_ensemble_checkpoint.zip" in err and "dino_vitbase16_pretrain.pth" in err
+    assert not (tmp_path / "run").exists()
