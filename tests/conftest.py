@@ -37,3 +37,27 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("PERCEPBENCH_DATA", raising=False)
     return os.environ
+
+
+@pytest.fixture
+def weights_env(monkeypatch, tmp_path):
+    """Online mode, no retry waits, and a private weights cache (returned)."""
+    from percepbench import download as dl
+
+    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
+    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A LocalServer (tests/local_http.py) serving ``tmp_path / "served"``."""
+    from local_http import LocalServer
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    srv = LocalServer(tmp_path / "served")
+    yield srv
+    srv.close()

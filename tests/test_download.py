@@ -11,18 +11,14 @@ import hashlib
 import json
 import random
 import re
-import socket
 import stat
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 
-from percepbench import download as dl
 from percepbench.download import (
     check_safetensors,
     check_torch_file,
@@ -37,121 +33,9 @@ from percepbench.download import (
 from percepbench.errors import OfflineError, WeightsError
 
 from conftest import REPO
+from local_http import LocalServer, closed_port_url  # noqa: F401  (LocalServer: used by other test modules)
 
-
-class LocalServer:
-    """A threaded HTTP server on 127.0.0.1 serving ``root``, with fault switches and a request log.
-
-    Switches (plain attributes, set them before the request):
-        drop_after: the first GET sends only this many body bytes, then closes the connection
-            (``drop_mode="close"``) or stops sending without closing (``"stall"``, a read timeout).
-        ignore_range: answer 200 with the whole file even when the request asks for a range.
-        fail_first: answer the first GET with this HTTP status.
-        redirects: path -> path answered with a 302.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.requests: list[dict[str, str | None]] = []
-        self.drop_after: int | None = None
-        self.drop_mode = "close"
-        self.ignore_range = False
-        self.fail_first: int | None = None
-        self.redirects: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._release = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                owner._serve(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # client hung up on purpose: stay quiet
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
-        self._thread.start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def add(self, name: str, data: bytes) -> str:
-        """Serve ``data`` as ``/name``; return its URL."""
-        (self.root / name).write_bytes(data)
-        return f"{self.base}/{name}"
-
-    def close(self) -> None:
-        self._release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _serve(self, h: BaseHTTPRequestHandler) -> None:
-        with self._lock:
-            self.requests.append({"path": h.path, "range": h.headers.get("Range")})
-            first = len(self.requests) == 1
-            drop, self.drop_after = self.drop_after, None
-        name = h.path.lstrip("/")
-        if name in self.redirects:
-            h.send_response(302)
-            h.send_header("Location", f"{self.base}/{self.redirects[name]}")
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
-        if first and self.fail_first:
-            h.send_error(self.fail_first)
-            return
-        path = self.root / name
-        if not path.is_file():
-            h.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
-        if m and not self.ignore_range:
-            start = int(m.group(1))
-            if start >= len(data):
-                h.send_response(416)
-                h.send_header("Content-Range", f"bytes */{len(data)}")
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            h.send_response(200)
-        body = data[start:]
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        if drop is None:
-            h.wfile.write(body)
-            return
-        h.wfile.write(body[:drop])
-        h.wfile.flush()
-        if self.drop_mode == "stall":
-            self._release.wait(10)
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    srv = LocalServer(tmp_path / "served")
-    yield srv
-    srv.close()
-
-
-@pytest.fixture(autouse=True)
-def _fast_and_online(monkeypatch, tmp_path):
-    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
-    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("weights_env")
 
 
 def payload(n: int = 300_000, seed: int = 0) -> bytes:
@@ -160,14 +44,6 @@ def payload(n: int = 300_000, seed: int = 0) -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def closed_port_url(name: str = "w.bin") -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/{name}"
 
 
 # ------------------------------------------------------------------------------------------------ download

@@ -20,7 +20,7 @@ from percepbench.registry import METRICS
 
 from conftest import SHARED_FIXTURES
 from dreamsim_official import official_vit
-from test_download import LocalServer
+from local_http import LocalServer
 
 REAL_ADAPTER = SHARED_FIXTURES / "dreamsim" / "dino_vitb16_single_lora"
 

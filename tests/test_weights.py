@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch.hub
 
-from percepbench import download as dl
 from percepbench.errors import OfflineError, WeightsError
 from percepbench.specs import MetricSpec, WeightFile
 from percepbench.weights import (
@@ -23,25 +22,9 @@ from percepbench.weights import (
     weight_path,
 )
 
-from test_download import LocalServer, closed_port_url
+from local_http import closed_port_url
 
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    srv = LocalServer(tmp_path / "served")
-    yield srv
-    srv.close()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setattr(dl, "_RETRY_WAIT_S", 0.0)
-    for var in ("PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PERCEPBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("weights_env")
 
 
 def sha(data: bytes) -> str:
@@ -78,9 +61,9 @@ def test_cache_dir_resolved_at_call_time(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "hub" / "percepbench"
 
 
-def test_ensure_files_downloads_extracts_and_then_stays_offline(server, dreamsim_like, monkeypatch, _isolated):
+def test_ensure_files_downloads_extracts_and_then_stays_offline(server, dreamsim_like, monkeypatch, weights_env):
     files, zip_bytes, backbone = dreamsim_like
-    root = _isolated
+    root = weights_env
     spec = MetricSpec(name="fake.ens", target="helpers_metrics:MeanAbs", description="x", weights=files)
     assert missing_weights(spec) == ["dreamsim_ensemble_checkpoint.zip", "dino_vitb16_pretrain.pth"]
     assert not usable_offline(spec)
@@ -99,9 +82,9 @@ def test_ensure_files_downloads_extracts_and_then_stays_offline(server, dreamsim
     assert len(server.requests) == 2
 
 
-def test_ensure_files_offline_lists_every_missing_file_at_once(server, dreamsim_like, monkeypatch, _isolated):
+def test_ensure_files_offline_lists_every_missing_file_at_once(server, dreamsim_like, monkeypatch, weights_env):
     files, _, _ = dreamsim_like
-    root = _isolated
+    root = weights_env
     present = b"already here"
     root.mkdir(parents=True)
     (root / "present.pth").write_bytes(present)
@@ -120,9 +103,9 @@ def test_ensure_files_offline_lists_every_missing_file_at_once(server, dreamsim_
     assert server.requests == []
 
 
-def test_ensure_files_offline_extracts_a_zip_placed_by_hand(server, dreamsim_like, monkeypatch, _isolated):
+def test_ensure_files_offline_extracts_a_zip_placed_by_hand(server, dreamsim_like, monkeypatch, weights_env):
     files, zip_bytes, _ = dreamsim_like
-    root = _isolated
+    root = weights_env
     root.mkdir(parents=True)
     (root / files[0].filename).write_bytes(zip_bytes)
     monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
@@ -132,7 +115,7 @@ def test_ensure_files_offline_extracts_a_zip_placed_by_hand(server, dreamsim_lik
     assert server.requests == []
 
 
-def test_ensure_files_network_failure_lists_all_missing(_isolated):
+def test_ensure_files_network_failure_lists_all_missing(weights_env):
     files = [WeightFile("a.pth", closed_port_url("a.pth")), WeightFile("b.zip", closed_port_url("b.zip"),
                                                                        extract_to="b_lora")]
     with pytest.raises(OfflineError) as info:
@@ -140,40 +123,40 @@ def test_ensure_files_network_failure_lists_all_missing(_isolated):
     msg = str(info.value)
     assert "network failed" in msg and "cannot download 2 weight file(s)" in msg
     for w in files:
-        assert str(_isolated / w.filename) in msg and w.url in msg
+        assert str(weights_env / w.filename) in msg and w.url in msg
 
 
-def test_ensure_files_catches_a_file_modified_after_download(server, _isolated):
+def test_ensure_files_catches_a_file_modified_after_download(server, weights_env):
     data = b"weights" * 100
     files = [WeightFile("w.pth", server.add("w.pth", data))]  # no known sha256: the recorded one is used
     ensure_files(files, progress=False)
-    (_isolated / "w.pth").write_bytes(b"tampered" * 100)
+    (weights_env / "w.pth").write_bytes(b"tampered" * 100)
     with pytest.raises(WeightsError, match="changed since it was downloaded") as info:
         ensure_files(files, progress=False)
-    assert str(_isolated / "w.pth") in str(info.value)
+    assert str(weights_env / "w.pth") in str(info.value)
 
 
-def test_ensure_files_wrong_hash_of_hand_placed_file(_isolated):
-    _isolated.mkdir(parents=True)
-    (_isolated / "w.pth").write_bytes(b"wrong")
+def test_ensure_files_wrong_hash_of_hand_placed_file(weights_env):
+    weights_env.mkdir(parents=True)
+    (weights_env / "w.pth").write_bytes(b"wrong")
     with pytest.raises(WeightsError, match="fails its checksum"):
         ensure_files([WeightFile("w.pth", "http://127.0.0.1:9/w.pth", sha256="0" * 64)], progress=False)
 
 
-def test_zip_without_the_expected_target_is_an_error(server, _isolated):
+def test_zip_without_the_expected_target_is_an_error(server, weights_env):
     zip_bytes = lora_zip()
     w = WeightFile("x.zip", server.add("x.zip", zip_bytes), extract_to="single_lora")
     with pytest.raises(WeightsError, match="does not contain 'single_lora'"):
         ensure_files([w], progress=False)
 
 
-def test_missing_weights_honours_extract_to(_isolated):
+def test_missing_weights_honours_extract_to(weights_env):
     w = WeightFile("pretrained.zip", "https://example.invalid/p.zip", extract_to="ensemble_lora")
     spec = MetricSpec(name="fake.zip", target="helpers_metrics:MeanAbs", description="x", weights=(w,))
     assert missing_weights(spec) == ["pretrained.zip"]
-    (_isolated / "ensemble_lora").mkdir(parents=True)
+    (weights_env / "ensemble_lora").mkdir(parents=True)
     assert missing_weights(spec) == [] and usable_offline(spec)
-    assert weight_path(w) == _isolated / "pretrained.zip"
+    assert weight_path(w) == weights_env / "pretrained.zip"
     assert w.to_dict()["extract_to"] == "ensemble_lora"
 
 
