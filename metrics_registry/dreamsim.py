@@ -35,7 +35,8 @@ class DreamSimMetric(DistanceMetric):
         lora: load the released LoRA (False: zero-shot backbones).
         pretrained: load weights (False: random weights, no network; for tests and shape checks).
         cache_dir: weights cache (default ``$PERCEPBENCH_CACHE`` or ``<torch hub>/percepbench``).
-        merge_lora: fold LoRA into the weights for faster inference.
+        merge_lora: fold LoRA into the ``qkv`` weights (default: the metric never trains them, and the
+            merged model skips the adapter's extra matmuls). Use ``build_dreamsim`` to train LoRA.
         input_range: ``(0, 1)`` or ``(-1, 1)`` for float inputs.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per pair).
 
@@ -50,7 +51,7 @@ class DreamSimMetric(DistanceMetric):
     is_differentiable = True
 
     def __init__(self, variant: str = "ensemble", normalize_embeds: bool = True, lora: bool = True,
-                 pretrained: bool = True, cache_dir: str | Path | None = None, merge_lora: bool = False,
+                 pretrained: bool = True, cache_dir: str | Path | None = None, merge_lora: bool = True,
                  input_range: tuple[float, float] = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if variant not in VARIANTS:

@@ -132,3 +132,16 @@ def test_lora_merge_keeps_outputs_and_folds_weights(official_cache, images):
     with torch.no_grad():
         torch.testing.assert_close(model(x, y), before, rtol=0, atol=ATOL)
     assert math.isclose(alpha / r, 2.0)
+
+
+def test_metric_with_merged_lora_matches_official(official_cache, images):
+    """DreamSimMetric (LoRA merged into qkv by default) against the official model on the same weights."""
+    from percepbench import DreamSimMetric
+
+    root, states = official_cache
+    x, y = images
+    theirs, _ = official_model(root, states["dino"], dreamsim_type="dino_vitb16")
+    metric = DreamSimMetric(variant="dino_vitb16", cache_dir=root, reduction="none")
+    assert metric.model.lora_config is None  # merged
+    with torch.no_grad():
+        torch.testing.assert_close(metric.pairwise(x, y), theirs(x, y), rtol=0, atol=ATOL)
