@@ -57,6 +57,12 @@ class WeightFile:
     describe the file as downloaded (for an archive: the archive itself). ``extract_to`` marks a zip
     archive: it is extracted into the cache directory and the file or folder named by ``extract_to``
     (relative to the cache directory) is what must exist afterwards.
+
+    ``cache`` says which directory ``filename`` is relative to: ``"percepbench"`` (default), the percepbench
+    weights cache; ``"torch_hub"``, ``<torch hub dir>/checkpoints``, where torchvision keeps its pretrained
+    weights (so a file fetched once serves torchvision and percepbench alike). ``sha256_prefix`` holds the
+    leading hex digits of the sha256 when only those are published (torchvision file names embed 8);
+    the full ``sha256``, when known, is always preferred.
     """
 
     filename: str
@@ -64,6 +70,16 @@ class WeightFile:
     sha256: str | None = None
     size: int | None = None
     extract_to: str | None = None
+    cache: Literal["percepbench", "torch_hub"] = "percepbench"
+    sha256_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache not in ("percepbench", "torch_hub"):
+            raise ValueError(f"WeightFile {self.filename!r}: cache must be 'percepbench' or 'torch_hub', "
+                             f"got {self.cache!r}")
+        if self.sha256_prefix is not None and not re.fullmatch(r"[0-9a-f]{1,64}", self.sha256_prefix):
+            raise ValueError(f"WeightFile {self.filename!r}: sha256_prefix must be lower-case hex digits, "
+                             f"got {self.sha256_prefix!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,13 @@ file of a list present: it verifies what is there (sha256, see :mod:`percepbench
 what is not, and extracts archives. In offline mode (``PERCEPBENCH_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)
 it raises one :class:`~percepbench.errors.OfflineError` that lists every missing file with its path and
 URL.
+
+A file with ``cache="torch_hub"`` lives under ``<torch hub dir>/checkpoints`` instead (torch's hub dir
+honours ``$TORCH_HOME``; the ``cache_dir`` argument and ``$PERCEPBENCH_CACHE`` do not move it): that is
+where torchvision looks for its pretrained weights, so LPIPS and DISTS trunks fetched by percepbench are
+also what torchvision would load, and vice versa. A file with only a ``sha256_prefix`` (torchvision's file
+names embed 8 hex digits of the hash) is checked against that prefix after download or verification; a
+file that fails it is deleted with its recorded hash.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from percepbench.download import (
     is_offline,
     offline_error,
     offline_reason,
+    recorded_sha256,
+    sha256_sidecar,
     verify_file,
 )
 from percepbench.errors import OfflineError, WeightsError
@@ -35,6 +44,7 @@ __all__ = [
     "ensure_weights",
     "is_present",
     "missing_weights",
+    "torch_hub_checkpoints",
     "usable_offline",
     "weight_path",
 ]
@@ -55,6 +65,18 @@ def cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(torch.hub.get_dir()) / "percepbench"
 
 
+def torch_hub_checkpoints() -> Path:
+    """``<torch hub dir>/checkpoints``: torchvision's weights cache (resolved at call time, not created)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _root_for(weight: WeightFile, root: Path) -> Path:
+    """The directory ``weight.filename`` is relative to: ``root`` or torch hub's ``checkpoints``."""
+    return torch_hub_checkpoints() if weight.cache == "torch_hub" else root
+
+
 def _inside(root: Path, relative: str, what: str) -> Path:
     """``root / relative`` after checking ``relative`` stays inside ``root``."""
     posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
@@ -65,8 +87,11 @@ def _inside(root: Path, relative: str, what: str) -> Path:
 
 
 def weight_path(weight: WeightFile, cache: str | Path | None = None) -> Path:
-    """Where ``weight`` is downloaded to: ``<cache>/<filename>`` (for an archive, the archive itself)."""
-    return _inside(cache_dir(cache), weight.filename, "filename")
+    """Where ``weight`` is downloaded to: ``<cache>/<filename>`` (for an archive, the archive itself).
+
+    For ``weight.cache == "torch_hub"``: ``<torch hub dir>/checkpoints/<filename>``, whatever ``cache`` is.
+    """
+    return _inside(_root_for(weight, cache_dir(cache)), weight.filename, "filename")
 
 
 def is_present(weight: WeightFile, cache: str | Path | None = None) -> bool:
@@ -74,7 +99,7 @@ def is_present(weight: WeightFile, cache: str | Path | None = None) -> bool:
 
     Existence only; :func:`ensure_files` also verifies checksums.
     """
-    root = cache_dir(cache)
+    root = _root_for(weight, cache_dir(cache))
     if weight.extract_to is not None:
         return _inside(root, weight.extract_to, "extract_to").exists()
     return _inside(root, weight.filename, "filename").is_file()
@@ -92,6 +117,7 @@ def usable_offline(spec: MetricSpec, cache: str | Path | None = None) -> bool:
 
 
 def _missing_entry(weight: WeightFile, root: Path) -> MissingFile:
+    root = _root_for(weight, root)
     path = _inside(root, weight.filename, "filename")
     note = ""
     if weight.extract_to is not None:
@@ -102,6 +128,7 @@ def _missing_entry(weight: WeightFile, root: Path) -> MissingFile:
 
 
 def _extract(weight: WeightFile, archive: Path, root: Path) -> None:
+    root = _root_for(weight, root)
     extract_zip(archive, root)
     target = _inside(root, weight.extract_to or "", "extract_to")
     if not target.exists():
@@ -135,27 +162,39 @@ def ensure_files(files: Sequence[WeightFile], cache: str | Path | None = None, *
     root = cache_dir(cache)
 
     def needs_network(w: WeightFile) -> bool:
-        return not is_present(w, root) and not _inside(root, w.filename, "filename").is_file()
+        return not is_present(w, root) and not weight_path(w, root).is_file()
 
     if is_offline() and (to_fetch := [w for w in files if needs_network(w)]):
         raise offline_error([_missing_entry(w, root) for w in to_fetch], offline_reason())
     for w in files:
-        path = _inside(root, w.filename, "filename")
+        path = weight_path(w, root)
         if is_present(w, root):
             if w.extract_to is None:
-                verify_file(path, w.sha256, size=w.size)
+                _check_prefix(w, path, verify_file(path, w.sha256, size=w.size))
             continue
         if path.is_file():
-            verify_file(path, w.sha256, size=w.size)
+            _check_prefix(w, path, verify_file(path, w.sha256, size=w.size))
         else:
             try:
                 download(w.url, path, sha256=w.sha256, size=w.size, progress=progress)
             except OfflineError as exc:  # the network failed: list everything still missing, not just this
                 still = [_missing_entry(v, root) for v in files if needs_network(v)]
                 raise offline_error(still, exc.reason) from exc
+            _check_prefix(w, path, recorded_sha256(path))
         if w.extract_to is not None:
             _extract(w, path, root)
     return root
+
+
+def _check_prefix(weight: WeightFile, path: Path, digest: str | None) -> None:
+    """Enforce ``weight.sha256_prefix`` (when set and no full hash is known); delete a file that fails it."""
+    if weight.sha256 is not None or weight.sha256_prefix is None:
+        return
+    if digest is None or not digest.startswith(weight.sha256_prefix):
+        path.unlink(missing_ok=True)
+        sha256_sidecar(path).unlink(missing_ok=True)
+        raise WeightsError(f"{path} (from {weight.url}) has sha256 {digest}, which does not start with the "
+                           f"published prefix {weight.sha256_prefix}; the file was deleted: download it again")
 
 
 def ensure_weights(spec: MetricSpec, cache: str | Path | None = None, *, progress: bool = True) -> Path:

@@ -1,0 +1,336 @@
+"""LPIPS (Zhang et al. 2018) as a percepbench metric: ``lpips`` (= ``lpips.alex``), ``lpips.vgg``, ``lpips.squeeze``.
+
+The networks are the ``lpips`` package's own building blocks (its AlexNet / VGG16 / SqueezeNet1.1 trunk
+wrappers, ``ScalingLayer``, ``NetLinLayer`` and ``normalize_tensor``); percepbench does the loading itself,
+because the package's loading is unsafe in two ways:
+
+- **Linear heads** are read from the ``.pth`` files shipped inside the installed ``lpips`` wheel
+  (``lpips/weights/v<version>/<net>.pth``), checked against their full sha256 (:data:`HEAD_SHA256`), loaded
+  with ``torch.load(..., weights_only=True)`` and ``load_state_dict(strict=True)``: a missing or unexpected
+  key is a :class:`~percepbench.errors.WeightsError` naming the file. (The package loads them with
+  ``strict=False``, so a mismatch silently leaves random heads.)
+- **Trunks** (torchvision's ImageNet weights) are never downloaded by torchvision itself: they are declared
+  as :class:`~percepbench.specs.WeightFile` entries living in torchvision's own cache
+  (``<torch hub dir>/checkpoints/<torchvision file name>``) and fetched, verified and reported offline
+  through :func:`percepbench.weights.ensure_files`. Only the ``features.*`` tensors are used; every one of
+  them must be present and consumed.
+
+The same trunk helpers serve DISTS (:mod:`percepbench.metrics_registry.dists`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from percepbench.download import check_torch_file, sha256_file
+from percepbench.errors import WeightsError
+from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.registry import register_metric
+from percepbench.specs import InputConvention, MetricSpec, WeightFile
+
+CITATION = ("Zhang, Isola, Efros, Shechtman, Wang. The Unreasonable Effectiveness of Deep Features as a "
+            "Perceptual Metric. CVPR 2018.")
+
+NETS = ("alex", "vgg", "squeeze")
+VERSIONS = ("0.1", "0.0")
+
+#: torchvision's ImageNet trunks (``AlexNet_Weights.IMAGENET1K_V1`` etc.), in torchvision's own cache.
+#: Their file names embed the first 8 hex digits of the sha256, checked after download.
+TRUNK_WEIGHTS: dict[str, WeightFile] = {
+    "alex": WeightFile(filename="alexnet-owt-7be5be79.pth",
+                       url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                       cache="torch_hub", sha256_prefix="7be5be79"),
+    "vgg": WeightFile(filename="vgg16-397923af.pth",
+                      url="https://download.pytorch.org/models/vgg16-397923af.pth",
+                      cache="torch_hub", sha256_prefix="397923af"),
+    "squeeze": WeightFile(filename="squeezenet1_1-b8a52dc0.pth",
+                          url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+                          cache="torch_hub", sha256_prefix="b8a52dc0"),
+}
+
+#: sha256 of the linear-head files shipped in the lpips 0.1.4 wheel, ``(version, net) -> hex``.
+HEAD_SHA256: dict[tuple[str, str], str] = {
+    ("0.1", "alex"): "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+    ("0.1", "squeeze"): "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
+    ("0.1", "vgg"): "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    ("0.0", "alex"): "18720f55913d0af89042f13faa7e536a6ce1444a0914e6db9461355ece1e8cd5",
+    ("0.0", "squeeze"): "c27abd3a0145541baa50990817df58d3759c3f8154949f42af3b59b4e042d0bf",
+    ("0.0", "vgg"): "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c",
+}
+
+#: channels of the compared layers (the package's ``chns``)
+CHANNELS = {
+    "alex": (64, 192, 384, 256, 256),
+    "vgg": (64, 128, 256, 512, 512),
+    "squeeze": (64, 128, 256, 384, 384, 512, 512),
+}
+
+#: smallest image side each trunk accepts (below it a pooling layer gets an empty input)
+MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 17}
+
+
+# ------------------------------------------------------------------------------------------- shared loading
+
+
+def strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path | str, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with every failure a WeightsError naming ``path``."""
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        raise WeightsError(f"{path}: not a valid {what} file: {'; '.join(parts)}")
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        detail = " ".join(str(exc).split())
+        raise WeightsError(f"{path}: not a valid {what} file: {detail}") from exc
+
+
+def load_state_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """A ``{name: tensor}`` state dict from a torch file (``weights_only=True``), else a WeightsError."""
+    state = check_torch_file(path)
+    if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsError(f"{path}: expected a state dict of named tensors, got {type(state).__name__}")
+    return dict(state)
+
+
+def load_trunk_features(weight: WeightFile) -> tuple[dict[str, torch.Tensor], Path]:
+    """Fetch a torchvision checkpoint through percepbench's weights manager; return its ``features.*``
+    tensors (prefix removed) and the file's path.
+
+    Raises:
+        OfflineError: offline mode (or no network) and the file is not in ``<torch hub>/checkpoints``.
+        WeightsError: the file fails verification or holds no ``features.*`` tensors.
+    """
+    from percepbench.weights import ensure_files, weight_path
+
+    ensure_files([weight])
+    path = weight_path(weight)
+    state = load_state_file(path)
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not features:
+        raise WeightsError(f"{path}: no 'features.*' tensors; not a torchvision checkpoint of the expected "
+                           f"network (from {weight.url})")
+    return features, path
+
+
+# -------------------------------------------------------------------------------------------------- network
+
+
+class _Heads(nn.Module):
+    """The linear heads ``lin0 .. lin{L-1}``, named as in the shipped files (``lin0.model.1.weight``)."""
+
+    def __init__(self, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        from lpips import NetLinLayer
+
+        for k, c in enumerate(channels):
+            # use_dropout=True gives the module layout of the shipped files (dropout is off in eval mode)
+            self.add_module(f"lin{k}", NetLinLayer(c, use_dropout=True))
+
+    def __getitem__(self, k: int) -> nn.Module:
+        return getattr(self, f"lin{k}")
+
+
+class LPIPSNetwork(nn.Module):
+    """LPIPS from the ``lpips`` package's blocks, random-initialised; load weights with the methods below.
+
+    ``forward(x, y)`` takes images in [-1, 1] and returns one map (N, 1, h_k, w_k) per compared layer: the
+    head-weighted squared difference of unit-normalised features.
+    """
+
+    def __init__(self, net: str = "alex", version: str = "0.1") -> None:
+        super().__init__()
+        import lpips
+        from lpips import pretrained_networks as pn
+
+        if net not in NETS:
+            raise ValueError(f"unknown LPIPS network {net!r}; choose one of {', '.join(NETS)}")
+        if version not in VERSIONS:
+            raise ValueError(f"unknown LPIPS version {version!r}; choose '0.1' or '0.0'")
+        self.net, self.version = net, version
+        trunk_cls = {"alex": pn.alexnet, "vgg": pn.vgg16, "squeeze": pn.squeezenet}[net]
+        with warnings.catch_warnings():  # the package still passes torchvision's deprecated `pretrained=`
+            warnings.simplefilter("ignore", UserWarning)
+            self.trunk = trunk_cls(requires_grad=False, pretrained=False)  # random; never downloads
+        self.scaling = lpips.ScalingLayer()
+        self.heads = _Heads(CHANNELS[net])
+        self._normalize = lpips.normalize_tensor
+
+    # -- weights -----------------------------------------------------------------------------------------
+    def randomize_heads(self, generator: torch.Generator | None = None) -> None:
+        """Random non-negative heads (trained LPIPS heads are non-negative, so distances stay >= 0)."""
+        with torch.no_grad():
+            for k in range(len(CHANNELS[self.net])):
+                w = self.heads[k].model[-1].weight
+                w.copy_(torch.rand(w.shape, generator=generator) / w.shape[1] ** 0.5)
+
+    def load_heads(self, path: Path | str, sha256: str | None = None) -> None:
+        """Load the linear heads strictly from ``path`` (checked against ``sha256`` when given)."""
+        path = Path(path)
+        if not path.is_file():
+            raise WeightsError(f"LPIPS head file {path} does not exist (is the lpips package installed "
+                               "completely?)")
+        if sha256 is not None and (digest := sha256_file(path)) != sha256:
+            raise WeightsError(f"LPIPS head file {path} has sha256 {digest}, expected {sha256}; reinstall the "
+                               "lpips package (pip install --force-reinstall lpips==0.1.4)")
+        strict_load(self.heads, load_state_file(path), path, f"LPIPS {self.net} v{self.version} head")
+
+    def load_trunk(self, features: Mapping[str, torch.Tensor], path: Path | str) -> None:
+        """Load torchvision ``features.*`` tensors (prefix removed) strictly into the trunk."""
+        # the package's trunk is torchvision's `features` cut into slices: sliceK.<index>.<param>
+        mapped: dict[str, torch.Tensor] = {}
+        used: set[str] = set()
+        for key in self.trunk.state_dict():
+            source = key.split(".", 1)[1]
+            if source in features:
+                mapped[key] = features[source]
+                used.add(source)
+        unused = {f"features.{k}": v for k, v in features.items() if k not in used}
+        strict_load(self.trunk, {**mapped, **unused}, path, f"torchvision {self.net} trunk")
+
+    # -- computation -------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        if self.version == "0.1":  # v0.0 had no input scaling (a bug kept for reproducibility)
+            x, y = self.scaling(x), self.scaling(y)
+        maps = []
+        for k, (fx, fy) in enumerate(zip(self.trunk(x), self.trunk(y), strict=True)):
+            diff = (self._normalize(fx) - self._normalize(fy)) ** 2
+            maps.append(self.heads[k](diff))
+        return maps
+
+
+def head_file(net: str, version: str) -> Path:
+    """The head file shipped in the installed lpips wheel: ``lpips/weights/v<version>/<net>.pth``."""
+    import lpips
+
+    return Path(lpips.__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
+
+
+# --------------------------------------------------------------------------------------------------- metric
+
+
+class LPIPSMetric(DistanceMetric):
+    """LPIPS distance per pair (lower = more similar), as a torchmetrics ``Metric``.
+
+    Inputs are NCHW RGB batches, float in [0, 1] or uint8, at their native size (at least
+    ``MIN_SIZE[net]`` px: alex 31, vgg 16, squeeze 17); they are mapped to [-1, 1] inside. The per-pair
+    value is the lpips package's ``LPIPS(net, version)(2x-1, 2y-1)`` flattened to shape (N,): the sum over
+    layers of the spatial mean of each head's map. Differentiable with respect to the inputs; the network
+    is frozen.
+
+    **Spatial maps.** :meth:`spatial_map` returns the per-pixel map (N, 1, H, W): each layer's map
+    upsampled bilinearly to the input size and summed, as ``LPIPS(spatial=True)`` does. Its mean is close
+    to, but not exactly, the per-pair value (the upsampling is not mean-preserving). With ``spatial=True``
+    every ``update``/``pairwise`` also keeps the map of its batch in ``last_spatial_map``.
+
+    Args:
+        net: trunk, ``"alex"`` (default), ``"vgg"`` or ``"squeeze"``.
+        version: ``"0.1"`` (default) or ``"0.0"`` (the first release: no input scaling, other heads).
+        spatial: keep the last batch's spatial map in ``last_spatial_map``.
+        pretrained: load the ImageNet trunk (``<torch hub>/checkpoints``, downloaded through percepbench
+            when missing) and the shipped heads. False: random trunk and random non-negative heads, no
+            file or network access (for tests and shape checks).
+        heads_file: load the linear heads from this file instead (strictly; e.g. retrained heads).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per pair).
+
+    Raises:
+        ValueError: unknown ``net`` or ``version``.
+        WeightsError: a head or trunk file fails its sha256 or has missing/unexpected keys (names the file).
+        OfflineError: the trunk must be downloaded but offline mode is on or the network fails.
+
+    Example:
+        >>> import torch
+        >>> from percepbench.metrics_registry.lpips_metric import LPIPSMetric
+        >>> _ = torch.manual_seed(0)
+        >>> metric = LPIPSMetric(net="squeeze", pretrained=False, reduction="none")
+        >>> metric(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2])
+        >>> metric.spatial_map(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 1, 32, 32])
+    """
+
+    is_differentiable = True
+
+    def __init__(self, net: str = "alex", version: str = "0.1", spatial: bool = False, pretrained: bool = True,
+                 heads_file: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if net not in NETS:
+            raise ValueError(f"unknown LPIPS network {net!r}; choose one of {', '.join(NETS)}")
+        self.net, self.version, self.spatial = net, version, bool(spatial)
+        self.min_size = MIN_SIZE[net]
+        # fetch the trunk first: a missing file fails fast, before seconds of network construction
+        trunk = load_trunk_features(TRUNK_WEIGHTS[net]) if pretrained else None
+        network = LPIPSNetwork(net, version)
+        if heads_file is not None:
+            network.load_heads(heads_file)
+        elif pretrained:
+            network.load_heads(head_file(net, version), HEAD_SHA256[(version, net)])
+        else:
+            network.randomize_heads()
+        if trunk is not None:
+            network.load_trunk(*trunk)
+        self.network = self.freeze(network)
+        self.last_spatial_map: torch.Tensor | None = None
+
+    def _maps(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        return self.network(2.0 * x - 1.0, 2.0 * y - 1.0)
+
+    @staticmethod
+    def _upsampled_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        total = 0
+        for m in maps:
+            total = total + F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return total
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        maps = self._maps(preds, target)
+        if self.spatial:
+            self.last_spatial_map = self._upsampled_sum(maps, tuple(preds.shape[-2:])).detach()
+        total = 0
+        for m in maps:
+            total = total + m.mean(dim=(2, 3), keepdim=True)
+        return total.reshape(preds.shape[0])
+
+    def spatial_map(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel LPIPS map (N, 1, H, W) of a validated pair of batches (state untouched)."""
+        x, y = self.prepare(preds, target)
+        return self._upsampled_sum(self._maps(x, y), tuple(x.shape[-2:]))
+
+
+_DESCRIPTIONS = {
+    "alex": "LPIPS v0.1, AlexNet trunk (the standard LPIPS)",
+    "vgg": "LPIPS v0.1, VGG16 trunk",
+    "squeeze": "LPIPS v0.1, SqueezeNet1.1 trunk",
+}
+
+for _net in NETS:
+    register_metric(MetricSpec(
+        name=f"lpips.{_net}",
+        target="percepbench.metrics_registry.lpips_metric:LPIPSMetric",
+        kwargs={"net": _net, "version": "0.1"},
+        description=_DESCRIPTIONS[_net] + "; option version='0.0', spatial maps via metric.spatial_map(x, y)",
+        distance="identity (sum over layers of the spatially averaged head-weighted feature differences)",
+        inputs=InputConvention(min_size=MIN_SIZE[_net]),
+        weights=(TRUNK_WEIGHTS[_net],),
+        reference=(f"lpips 0.1.4 (parity on random trunks in tests/test_lpips_metric.py); heads from the lpips "
+                   f"wheel: v0.1/{_net}.pth sha256 {HEAD_SHA256[('0.1', _net)]}, v0.0/{_net}.pth sha256 "
+                   f"{HEAD_SHA256[('0.0', _net)]}; trunk: torchvision ImageNet weights "
+                   f"{TRUNK_WEIGHTS[_net].filename}"),
+        licence="BSD-2-Clause (lpips code and heads); trunk weights: torchvision (BSD-3-Clause)",
+        citation=CITATION,
+        default=_net == "alex",
+    ))
