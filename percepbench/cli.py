@@ -47,6 +47,23 @@ def _add_list_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pattern", "-p", default="*", help="glob over names (e.g. 'piq.*')")
 
 
+def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list, download, verify and locate metric weights",
+                       description="Manage the weight files of registered metrics (one cache, one downloader).")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION")
+    wsub.required = True
+    for name, text in (("list", "files per metric: source URL, size, sha256, present or not"),
+                       ("download", "download (resume, verify) every file of the named metrics"),
+                       ("verify", "re-hash present files against their known or recorded sha256"),
+                       ("path", "print the cache directory, or the paths of a metric's files")):
+        q = wsub.add_parser(name, help=text, description=text)
+        nargs = "+" if name == "download" else "*"
+        q.add_argument("names", nargs=nargs, metavar="NAME", help="metric names or globs (default: all with weights)")
+        q.add_argument("--cache", help="weights cache dir (default: $PERCEPBENCH_CACHE or <torch hub>/percepbench)")
+        if name == "download":
+            q.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from percepbench import __version__
 
@@ -58,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_run_parser(sub)
     _add_list_parser(sub)
+    _add_weights_parser(sub)
     return parser
 
 
@@ -123,10 +141,63 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from percepbench.download import verify_file
+    from percepbench.registry import METRICS
+    from percepbench.weights import cache_dir, ensure_weights, is_present, weight_path
+
+    specs = METRICS.select(args.names) if args.names else [s for s in METRICS.specs() if s.weights]
+    action = args.weights_command
+    if action == "path" and not args.names:
+        print(cache_dir(args.cache))
+        return EXIT_OK
+    failures = 0
+    for spec in specs:
+        if not spec.weights:
+            print(f"{spec.name}: no weight files needed")
+            continue
+        if action == "download":
+            root = ensure_weights(spec, args.cache, progress=not args.quiet)
+            print(f"{spec.name}: ready in {root}")
+            continue
+        print(f"{spec.name}:")
+        for w in spec.weights:
+            path = weight_path(w, args.cache)
+            present = is_present(w, args.cache)
+            if action == "path":
+                print(f"  {path}" + (f"  (extracted: {w.extract_to})" if w.extract_to else ""))
+            elif action == "list":
+                size = f"{w.size} bytes" if w.size else "size unknown"
+                digest = w.sha256 or (f"{w.sha256_prefix}... (prefix)" if w.sha256_prefix else "sha256 unknown")
+                print(f"  [{'present' if present else 'MISSING'}] {path}")
+                print(f"      from {w.url}; {size}; {digest}")
+            elif action == "verify":
+                if not present:
+                    print(f"  MISSING  {path.parent / w.extract_to if w.extract_to else path}")
+                    failures += 1
+                elif w.extract_to and not path.is_file():
+                    print(f"  ok       {path.parent / w.extract_to} (extracted; archive not kept)")
+                else:
+                    try:
+                        digest = verify_file(path, w.sha256, size=w.size)
+                        if w.sha256_prefix and not digest.startswith(w.sha256_prefix):
+                            raise WeightsError(f"weight file {path} has sha256 {digest}, expected a hash "
+                                               f"starting {w.sha256_prefix}; delete it and download it again")
+                    except WeightsError as exc:
+                        print(f"  FAILED   {exc}")
+                        failures += 1
+                    else:
+                        print(f"  ok       {path}  sha256 {digest}")
+    if failures:
+        print(f"{failures} file(s) missing or failing verification", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with 2
-    handler = {"run": cmd_run, "list": cmd_list}[args.command]
+    handler = {"run": cmd_run, "list": cmd_list, "weights": cmd_weights}[args.command]
     try:
         return handler(args)
     except (UsageError, DataError) as exc:
