@@ -1,0 +1,153 @@
+"""``bapps_2afc``: 2AFC on BAPPS (the LPIPS paper's Berkeley-Adobe Perceptual Patch Similarity dataset).
+
+Data: ``<data_root>/bapps/dataset`` (``--data-root`` / ``$PERCEPBENCH_DATA``), or ``root=`` pointing at the
+folder that holds ``2afc/``. Layout: ``2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy``; the
+official archives extract to ``dataset/2afc/...``.
+
+Files are paired **by stem** across ``ref``, ``p0``, ``p1`` and ``judge`` (the stem sets must be equal; a
+difference is an error naming the folder and example stems). Label ``p`` = the ``judge/<stem>.npy`` value,
+the fraction of raters preferring ``p1`` (shape (1,)); ``d0 = d(ref, p0)``, ``d1 = d(ref, p1)``; per-triplet
+score ``1 - p`` if d0 < d1, ``p`` if d1 < d0, 0.5 on an exact tie. Subsets are the distortion categories
+(val: traditional, cnn, superres, deblur, color, frameinterp; train: traditional, cnn, mix), every one by
+default; the pooled record ``all`` is the mean over every scored triplet.
+
+Patches are 64x64: a metric without a fixed input size gets them at native size (the official LPIPS
+protocol's 64x64), one with a fixed size gets them resized to it (e.g. DreamSim 224 bicubic).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from percepbench.errors import DataError
+from percepbench.registry import register_task
+from percepbench.specs import TaskSpec
+from percepbench.tasks.files import FileTwoAFCTask, listed, split_list
+
+URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{twoafc_val,twoafc_train}.tar.gz"
+SUBSETS = {
+    "val": ("traditional", "cnn", "superres", "deblur", "color", "frameinterp"),
+    "train": ("traditional", "cnn", "mix"),
+}
+IMAGE_FOLDERS = ("ref", "p0", "p1")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+HOW_TO_GET = (
+    f"Get BAPPS from {URL} (twoafc_val 1.1 GB, twoafc_train 5.3 GB; percepbench has no download command for "
+    "it yet) and extract the archives into <data root>/bapps/ so that the layout is "
+    "<data root>/bapps/dataset/2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy; then pass "
+    "--data-root <data root> (or set PERCEPBENCH_DATA), or --task-args bapps_2afc:root=<folder holding 2afc/>"
+)
+
+
+def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Stem -> file for the files of ``folder`` with one of ``suffixes``; DataError on a missing folder or duplicate stem."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: BAPPS folder not found. {HOW_TO_GET}")
+    out: dict[str, Path] = {}
+    for f in folder.iterdir():
+        if f.suffix.lower() not in suffixes or not f.is_file():
+            continue
+        if f.stem in out:
+            raise DataError(f"{folder}: two files share the stem {f.stem!r} ({out[f.stem].name}, {f.name})")
+        out[f.stem] = f
+    return out
+
+
+def read_judge(path: Path) -> float:
+    """The label in a ``judge/*.npy`` file: one number in [0, 1]; :class:`DataError` naming the file otherwise."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read judge file ({exc})") from exc
+    value = np.asarray(value)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise DataError(f"{path}: judge file must hold one number (shape (1,)), got dtype {value.dtype} "
+                        f"shape {value.shape}")
+    p = float(value.reshape(-1)[0])
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise DataError(f"{path}: judge value {p} is outside [0, 1] (fraction of raters preferring p1)")
+    return p
+
+
+class BAPPS2AFC(FileTwoAFCTask):
+    """BAPPS 2AFC (human judgments): triplets paired by stem, label from ``judge/*.npy``; see the module docstring."""
+
+    slots = ("ref", "p0", "p1")
+    comparisons = (("d0", "ref", "p0"), ("d1", "ref", "p1"))
+
+    def __init__(self, subsets: str | list[str] | None = None, split: str = "val", root: str | None = None) -> None:
+        super().__init__()
+        split = str(split)
+        if split not in SUBSETS:
+            raise ValueError(f"unknown BAPPS 2AFC split {split!r}; choose one of {', '.join(SUBSETS)}")
+        chosen = split_list(subsets) or list(SUBSETS[split])
+        unknown = [s for s in chosen if s not in SUBSETS[split]]
+        if unknown:
+            raise ValueError(f"unknown BAPPS {split} subsets {unknown}; known: {', '.join(SUBSETS[split])} "
+                             "(separate several with '+', e.g. subsets=cnn+traditional)")
+        self.split, self.subsets = split, list(dict.fromkeys(chosen))
+        self.root = None if root in (None, "") else str(root)
+
+    def _dataset_root(self, data_root: str | None) -> Path:
+        if self.root is not None:
+            return Path(self.root).expanduser()
+        if not data_root:
+            raise DataError(f"bapps_2afc: no data root given (BAPPS is read from <data root>/bapps/dataset). "
+                            f"{HOW_TO_GET}")
+        return Path(data_root).expanduser() / "bapps" / "dataset"
+
+    def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
+                seed: int = 0) -> None:
+        root = self._dataset_root(data_root)
+        base = root / "2afc" / self.split
+        if not base.is_dir():
+            raise DataError(f"{base}: BAPPS 2AFC folder not found. {HOW_TO_GET}")
+        rows, paths = [], []
+        for subset in self.subsets:
+            folder = base / subset
+            if not folder.is_dir():
+                raise DataError(f"{folder}: BAPPS subset folder not found. {HOW_TO_GET}")
+            found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in IMAGE_FOLDERS}
+            found["judge"] = _stems(folder / "judge", (".npy",))
+            all_stems = set().union(*found.values())
+            problems = []
+            for name, files in found.items():
+                lacking = sorted(all_stems - files.keys())
+                if lacking:
+                    problems.append(f"{name}/ lacks {len(lacking)} stem(s) ({listed(lacking)})")
+            if problems:
+                raise DataError(f"{folder}: files do not pair by stem across ref/p0/p1/judge: "
+                                + "; ".join(problems))
+            if not all_stems:
+                raise DataError(f"{folder}: no triplets (ref/, p0/, p1/ and judge/ are empty)")
+            for stem in sorted(all_stems):
+                rows.append({"item": f"{subset}/{stem}", "subset": subset, "p": read_judge(found["judge"][stem]),
+                             "split": self.split, "stem": stem})
+                paths.append(tuple(str(found[name][stem]) for name in IMAGE_FOLDERS))
+        items = pd.DataFrame(rows)
+        self._finish(items, paths, what=f"BAPPS ({base})", num_workers=num_workers)
+        self._protocol = {
+            "dataset": "BAPPS 2AFC (LPIPS, Zhang et al. 2018)",
+            "root": str(root),
+            "split": self.split,
+            "subsets": list(self.subsets),
+            "source": URL,
+            "filters": "none; ref/p0/p1/judge paired by file stem (stem sets checked equal)",
+            "label": "p = judge/<stem>.npy (fraction of raters preferring p1)",
+            "comparisons": "d0 = d(ref, p0), d1 = d(ref, p1)",
+            "pooled": "subset 'all' = mean over every scored triplet",
+        }
+
+
+register_task(TaskSpec(
+    name="bapps_2afc",
+    target="percepbench.tasks.bapps:BAPPS2AFC",
+    description="BAPPS 2AFC human judgments (LPIPS paper), 64x64 patches, val subsets traditional/cnn/"
+                "superres/deblur/color/frameinterp; options subsets (a+b), split (val|train), root",
+    kind="2afc", measure="2afc_accuracy", needs_data=True, offline=True,
+    licence="BAPPS: BSD-2-Clause (richzhang/PerceptualSimilarity)",
+    citation="Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018",
+))
