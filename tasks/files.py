@@ -69,6 +69,11 @@ def read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for readable messages)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, lo: float | None = None,
                    hi: float | None = None) -> pd.Series:
     """Column as float; :class:`DataError` naming the file and the first bad CSV lines when not numeric or out of range."""
@@ -80,7 +85,7 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, lo: float | 
         what = f"outside [{lo}, {hi}]"
     if bad.any():
         idx = list(frame.index[bad.to_numpy()])
-        examples = [f"line {i + 2}: {frame[column].loc[i]!r}" for i in idx[:MAX_LISTED]]
+        examples = [f"line {i + 2}: {_plain(frame[column].loc[i])!r}" for i in idx[:MAX_LISTED]]
         raise DataError(f"{path}: column {column!r} has {len(idx)} value(s) {what} ({listed(examples)})")
     return values.astype(float)
 
