@@ -4,7 +4,7 @@ Importing this package registers every built-in metric spec; implementations (ne
 lazily when a metric is created.
 """
 
-from percepbench.metrics_registry import classical, dists, dreamsim, lpips_metric  # noqa: F401  (register their specs)
+from percepbench.metrics_registry import classical, dists, dreamsim, embedding, lpips_metric  # noqa: F401  (register their specs)
 from percepbench.metrics_registry.base import DistanceMetric
 
 __all__ = ["DistanceMetric"]

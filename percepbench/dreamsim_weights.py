@@ -10,30 +10,34 @@ every later load.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
-from percepbench.models.dreamsim import VARIANTS
+from percepbench.models.dreamsim import BACKBONE_ZIPS, VARIANTS
 from percepbench.models.vit import BACKBONES
 from percepbench.specs import WeightFile
 
 
-def dreamsim_weight_files(variant: str, *, lora: bool = True) -> tuple[WeightFile, ...]:
-    """The files of a variant: its release zip (unless nothing in it is needed) and torch-hub backbones."""
-    v = VARIANTS[variant]
-    in_zip = [BACKBONES[b].checkpoint for b in v.backbones if BACKBONES[b].checkpoint_url is None]
-    files: list[WeightFile] = []
-    if lora or in_zip:
-        files.append(WeightFile(filename=f"dreamsim_{variant}_checkpoint.zip", url=v.zip_url,
-                                extract_to=v.lora_dir if lora else in_zip[0]))
-    for b in v.backbones:
+def backbone_weight_files(backbones: Sequence[str], *, lora_variant: str | None = None) -> tuple[WeightFile, ...]:
+    """Files for ``backbones``: torch-hub files, and the release zips that carry the others.
+
+    With ``lora_variant``, that variant's zip is included too, and must yield its LoRA folder.
+    """
+    zips: dict[str, str] = {}  # zip variant -> what must exist after extraction
+    if lora_variant is not None:
+        zips[lora_variant] = VARIANTS[lora_variant].lora_dir
+    hub: list[WeightFile] = []
+    for b in dict.fromkeys(backbones):
         cfg = BACKBONES[b]
         if cfg.checkpoint_url is not None:
-            files.append(WeightFile(filename=cfg.checkpoint, url=cfg.checkpoint_url))
-    return tuple(files)
+            hub.append(WeightFile(filename=cfg.checkpoint, url=cfg.checkpoint_url))
+        else:
+            zips.setdefault(BACKBONE_ZIPS[b], cfg.checkpoint)
+    files = [WeightFile(filename=f"dreamsim_{v}_checkpoint.zip", url=VARIANTS[v].zip_url, extract_to=target)
+             for v, target in zips.items()]
+    return tuple(files + hub)
 
 
-def ensure_dreamsim_files(variant: str, root: Path, *, lora: bool = True, progress: bool = True) -> Path:
-    """Download (or verify) everything ``variant`` needs into ``root``; offline mode lists what to place."""
-    from percepbench.weights import ensure_files
-
-    return ensure_files(dreamsim_weight_files(variant, lora=lora), root, progress=progress)
+def dreamsim_weight_files(variant: str, *, lora: bool = True) -> tuple[WeightFile, ...]:
+    """The files of an official variant: its release zip (LoRA, and CLIP/OpenCLIP/SynCLR backbones) and
+    torch-hub backbones; without LoRA, only the files of its backbones."""
+    return backbone_weight_files(VARIANTS[variant].backbones, lora_variant=variant if lora else None)

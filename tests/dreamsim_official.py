@@ -42,10 +42,10 @@ def _randomise(sd: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, tor
     return out
 
 
-def official_vit(patch: int, ln_pre: bool = False):
+def official_vit(patch: int, ln_pre: bool = False, small: bool = False):
     from dreamsim.feature_extraction import vision_transformer as ovt
 
-    m = ovt.vit_base(patch_size=patch)
+    m = (ovt.vit_small if small else ovt.vit_base)(patch_size=patch)
     if ln_pre:
         m.pos_drop = torch.nn.LayerNorm(768)
     return m
@@ -72,7 +72,8 @@ def write_lora(root: Path, variant: str, g: torch.Generator, scale: float = 0.05
 def write_official_cache(root: Path, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """Every backbone file of every variant, plus random LoRA adapters, in the official layout.
 
-    Returns the raw DINO state dict (needed to stand in for torch.hub) keyed ``"dino"``.
+    Returns the raw state dicts needed to stand in for torch.hub: ``"dino"`` (ViT-B/16), ``"dino_vits16"``,
+    and ``"dinov2"``.
     """
     from dreamsim.feature_extraction.vision_transformer import DINOHead
 
@@ -80,6 +81,8 @@ def write_official_cache(root: Path, seed: int = 0) -> dict[str, dict[str, torch
     (root / "checkpoints").mkdir(parents=True, exist_ok=True)
     dino = _randomise(official_vit(16).state_dict(), g)
     torch.save(dino, root / "checkpoints" / "dino_vitbase16_pretrain.pth")
+    dino_s16 = _randomise(official_vit(16, small=True).state_dict(), g)
+    torch.save(dino_s16, root / "checkpoints" / "dino_deitsmall16_pretrain.pth")
     head = {f"module.head.{k}": torch.randn(v.shape, generator=g) * 0.02 for k, v in DINOHead(768, 2048).state_dict().items()}
     head["module.head.last_layer.weight"] = torch.randn(2048, 256, generator=g) * 0.02
     torch.save({"student": head}, root / "dino_vitb16_pretrain.pth")
@@ -95,7 +98,7 @@ def write_official_cache(root: Path, seed: int = 0) -> dict[str, dict[str, torch
     torch.save(dinov2, root / "checkpoints" / "dinov2_vitb14_pretrain.pth")
     for variant in LORA_DIRS:
         write_lora(root, variant, g)
-    return {"dino": dino, "dinov2": dinov2}
+    return {"dino": dino, "dinov2": dinov2, "dino_vits16": dino_s16}
 
 
 def dinov2_hub_state_dict(g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -110,16 +113,18 @@ def dinov2_hub_state_dict(g: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def official_hub(dino_state: dict[str, torch.Tensor]):
-    """Make ``torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')`` return the official package's
-    DINO ViT with ``dino_state``, without the network."""
+def official_hub(dino_state: dict[str, torch.Tensor], small_state: dict[str, torch.Tensor] | None = None):
+    """Make ``torch.hub.load('facebookresearch/dino:main', 'dino_vitb16' | 'dino_vits16')`` return the
+    official package's DINO ViT with the given weights, without the network."""
     real = torch.hub.load
 
     def fake(repo, model, *args, **kwargs):
-        if repo != "facebookresearch/dino:main" or model != "dino_vitb16":
+        states = {"dino_vitb16": (dino_state, False), "dino_vits16": (small_state, True)}
+        if repo != "facebookresearch/dino:main" or states.get(model, (None,))[0] is None:
             raise RuntimeError(f"unexpected torch.hub.load({repo!r}, {model!r}) in tests")
-        m = official_vit(16)
-        m.load_state_dict(dino_state)
+        state, small = states[model]
+        m = official_vit(16, small=small)
+        m.load_state_dict(state)
         return m
 
     torch.hub.load = fake
@@ -142,3 +147,17 @@ def official_model(root: Path, dino_state, *, dreamsim_type: str, use_patch_mode
         finally:
             torch.hub.set_dir(hub_dir)
     return model.eval(), preprocess
+
+
+def official_zero_shot(root: Path, states, *, model_type: str, feat_type: str, stride: int):
+    """The official ``PerceptualModel`` as a zero-shot baseline (``baseline=True``: no MLP, no LoRA)."""
+    from dreamsim.model import PerceptualModel
+
+    hub_dir = torch.hub.get_dir()
+    with official_hub(states["dino"], states["dino_vits16"]):
+        try:
+            model = PerceptualModel(model_type=model_type, feat_type=feat_type, stride=str(stride), baseline=True,
+                                    load_dir=str(root), normalize_embeds=False, device="cpu")
+        finally:
+            torch.hub.set_dir(hub_dir)
+    return model.eval()

@@ -12,7 +12,7 @@ from percepbench.images import load_rgb
 from percepbench.models.dreamsim import build_dreamsim, preprocess
 
 from conftest import SHARED_FIXTURES
-from dreamsim_official import official_model, write_official_cache
+from dreamsim_official import official_model, official_zero_shot, write_official_cache
 
 pytestmark = pytest.mark.slow
 ATOL = 1e-5
@@ -145,3 +145,21 @@ def test_metric_with_merged_lora_matches_official(official_cache, images):
     assert metric.model.lora_config is None  # merged
     with torch.no_grad():
         torch.testing.assert_close(metric.pairwise(x, y), theirs(x, y), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize(("name", "backbone", "feat", "stride"), [
+    ("dino.vits16", "dino_vits16", "cls", 16),
+    ("clip.vitb16", "clip_vitb16", "embedding", 16),
+    ("synclr.vitb16", "synclr_vitb16", "cls", 16),
+])
+def test_zero_shot_metrics_match_official_baselines(official_cache, images, name, backbone, feat, stride):
+    """Zero-shot embedding metrics against the official PerceptualModel(baseline=True) on the same weights."""
+    from percepbench import create_metric
+
+    root, states = official_cache
+    x, y = images
+    theirs = official_zero_shot(root, states, model_type=backbone, feat_type=feat, stride=stride)
+    ours = create_metric(name, cache_dir=root, reduction="none")
+    with torch.no_grad():
+        torch.testing.assert_close(ours.pairwise(x, y), theirs(x, y), rtol=0, atol=ATOL)
+        torch.testing.assert_close(ours.embed(x), theirs.embed(x), rtol=0, atol=ATOL * 10)

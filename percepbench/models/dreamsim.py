@@ -49,8 +49,7 @@ class Variant:
 
     @property
     def embed_dim(self) -> int:
-        dims = {"cls": 768, "cls_patch": 768, "embedding": 512}
-        return sum(dims[f] for f in self.feature)
+        return sum(BACKBONES[b].proj_dim or BACKBONES[b].width for b in self.backbones)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -71,6 +70,23 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("dinov2_vitb14_patch", ("dinov2_vitb14",), ("cls_patch",), "dinov2_vitb14_patch_lora",
             f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dinov2_vitb14_patch_checkpoint.zip"),
 )}
+
+
+#: the release zip that carries each backbone whose weights do not come from torch hub
+BACKBONE_ZIPS = {"clip_vitb16": "ensemble", "open_clip_vitb16": "ensemble", "clip_vitb32": "clip_vitb32",
+                 "open_clip_vitb32": "open_clip_vitb32", "synclr_vitb16": "synclr_vitb16"}
+
+
+def zero_shot_variant(backbone: str, feature: Feature | None = None) -> Variant:
+    """A single backbone without LoRA, as the DreamSim paper's zero-shot baselines: CLS for DINO/DINOv2/
+    SynCLR, the projected CLS embedding for CLIP/OpenCLIP (``feature`` overrides)."""
+    cfg = BACKBONES[backbone]
+    feature = feature or ("embedding" if cfg.proj_dim else "cls")
+    if feature not in cfg.features:
+        raise ValueError(f"{backbone} has no {feature!r} feature; choose one of {cfg.features}")
+    zip_variant = BACKBONE_ZIPS.get(backbone)
+    return Variant(f"zero_shot_{backbone}", (backbone,), (feature,), lora_dir="",
+                   zip_url=VARIANTS[zip_variant].zip_url if zip_variant else "")
 
 
 def variant_name(dreamsim_type: str = "ensemble", use_patch_model: bool = False) -> str:
@@ -131,10 +147,12 @@ class DreamSimModel(nn.Module):
     does; :meth:`embed_pooled` always returns the (B, D) vector the distance is computed on.
     """
 
-    def __init__(self, variant: str = "ensemble", normalize_embeds: bool = True, *, empty: bool = False) -> None:
-        """``empty=True``: no weights allocated; :meth:`load_backbones` must follow."""
+    def __init__(self, variant: str | Variant = "ensemble", normalize_embeds: bool = True, *,
+                 empty: bool = False) -> None:
+        """``variant``: an official variant name or a :class:`Variant` (e.g. a zero-shot backbone from
+        :func:`zero_shot_variant`). ``empty=True``: no weights allocated; :meth:`load_backbones` must follow."""
         super().__init__()
-        self.variant = VARIANTS[variant]
+        self.variant = VARIANTS[variant] if isinstance(variant, str) else variant
         self.normalize_embeds = normalize_embeds
         self.extractor_list = nn.ModuleList(Backbone(BACKBONES[b], empty=empty) for b in self.variant.backbones)
         self.lora_config: dict[str, Any] | None = None
@@ -233,32 +251,28 @@ class DreamSimModel(nn.Module):
 # -------------------------------------------------------------------------------------------------
 # Building, with the official cache layout
 # -------------------------------------------------------------------------------------------------
-def required_files(variant: str, *, lora: bool = True) -> list[str]:
-    """Paths (relative to the cache dir) that a variant needs."""
-    v = VARIANTS[variant]
-    files = [BACKBONES[b].checkpoint for b in v.backbones]
-    if lora:
-        files += [f"{v.lora_dir}/adapter_config.json", f"{v.lora_dir}/adapter_model.safetensors"]
-    return files
-
-
-def build_dreamsim(variant: str = "ensemble", *, cache_dir: str | Path | None = None, pretrained: bool = True,
-                   lora: bool = True, normalize_embeds: bool = True, merge: bool = False,
-                   device: str | torch.device | None = None) -> DreamSimModel:
+def build_dreamsim(variant: str | Variant = "ensemble", *, cache_dir: str | Path | None = None,
+                   pretrained: bool = True, lora: bool = True, normalize_embeds: bool = True, merge: bool = False,
+                   device: str | torch.device | None = None, progress: bool = True) -> DreamSimModel:
     """A ready DreamSim model: backbones and LoRA loaded from ``cache_dir``, frozen, in eval mode.
 
-    ``pretrained=False`` builds the architecture with random weights and no LoRA, without touching the
-    network or the cache. ``lora=False`` gives the zero-shot backbone(s). ``merge=True`` folds LoRA into
-    the weights.
+    ``variant`` is an official variant name, or a :class:`Variant` such as :func:`zero_shot_variant`
+    (never with LoRA). ``pretrained=False`` builds the architecture with random weights and no LoRA,
+    without touching the network or the cache. ``lora=False`` gives the zero-shot backbone(s).
+    ``merge=True`` folds LoRA into the weights. Missing files are downloaded (see ``percepbench.weights``).
     """
+    from percepbench.dreamsim_weights import backbone_weight_files, dreamsim_weight_files
     from percepbench.weights import cache_dir as resolve_cache
+    from percepbench.weights import ensure_files
 
+    official = isinstance(variant, str)
+    lora = lora and official
     model = DreamSimModel(variant, normalize_embeds=normalize_embeds, empty=pretrained)
     root = resolve_cache(cache_dir)
     if pretrained:
-        from percepbench.dreamsim_weights import ensure_dreamsim_files
-
-        ensure_dreamsim_files(variant, root, lora=lora)
+        files = (dreamsim_weight_files(variant, lora=lora) if official
+                 else backbone_weight_files(model.variant.backbones))
+        ensure_files(files, root, progress=progress)
         model.load_backbones(root)
         if lora:
             model.load_lora(root / model.variant.lora_dir)

@@ -2,7 +2,8 @@
 checkpoint format.
 
 Every released DreamSim backbone is a ViT-Base (width 768, depth 12, 12 heads, MLP 3072, fused ``qkv``
-with bias, CLS token at position 0, learned absolute position embeddings, 224-px input). They differ in:
+with bias, CLS token at position 0, learned absolute position embeddings, 224-px input); the zero-shot
+baselines add DINO ViT-S/8, ViT-S/16 (width 384, 6 heads) and ViT-B/8. They differ in:
 
 ==================  =========  ==========  =========  ======  ===========  ======================
 backbone            patch      activation  LN eps     ln_pre  LayerScale   normalisation
@@ -82,6 +83,15 @@ BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
     BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
                    "checkpoints/dino_vitbase16_pretrain.pth", "dino_hub",
                    f"{_FB}/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    BackboneConfig("dino_vits8", 8, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   "checkpoints/dino_deitsmall8_pretrain.pth", "dino_hub",
+                   f"{_FB}/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth", width=384, heads=6),
+    BackboneConfig("dino_vits16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   "checkpoints/dino_deitsmall16_pretrain.pth", "dino_hub",
+                   f"{_FB}/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", width=384, heads=6),
+    BackboneConfig("dino_vitb8", 8, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   "checkpoints/dino_vitbase8_pretrain.pth", "dino_hub",
+                   f"{_FB}/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
     BackboneConfig("dinov2_vitb14", 14, "gelu", 1e-6, False, True, IMAGENET_MEAN, IMAGENET_STD,
                    "checkpoints/dinov2_vitb14_pretrain.pth", "dinov2_hub",
                    f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth", checkpoint_grid=37),

@@ -1,0 +1,86 @@
+"""Zero-shot embedding baselines of the DreamSim paper: ``1 - cosine`` of pretrained backbone features.
+
+They reuse DreamSim's backbones and weight files without LoRA: DINO ViT-S/8, S/16, B/8, B/16, DINOv2
+ViT-B/14 and SynCLR ViT-B/16 compare the CLS token (before the final LayerNorm); OpenAI CLIP and OpenCLIP
+ViT-B/16 and B/32 compare the projected CLS embedding. Preprocessing is DreamSim's: 224x224 bicubic, the
+backbone's own mean/std inside. Weights: Meta's DINO/DINOv2 files via torch-hub URLs; CLIP, OpenCLIP and
+SynCLR from the DreamSim release zips (which ship them converted to the DINO-style layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from percepbench.dreamsim_weights import backbone_weight_files
+from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.models.dreamsim import build_dreamsim, zero_shot_variant
+from percepbench.models.vit import BACKBONES, IMAGE_SIZE
+from percepbench.registry import register_metric
+from percepbench.specs import InputConvention, MetricSpec
+
+
+class ZeroShotEmbeddingMetric(DistanceMetric):
+    """``1 - cos(f(preds), f(target))`` for a pretrained backbone feature ``f`` (no fine-tuning).
+
+    Inputs as every percepbench metric (NCHW RGB, [0, 1] floats or uint8, any size: resized to 224 inside
+    with antialiased bicubic). ``normalize_embeds=True`` centres the features first (Pearson instead of
+    cosine), as DreamSim's ``normalize_embeds``; default off, as in the paper's baselines.
+
+    Example:
+        >>> import torch
+        >>> from percepbench.metrics_registry.embedding import ZeroShotEmbeddingMetric
+        >>> m = ZeroShotEmbeddingMetric(backbone="dino_vits16", pretrained=False, reduction="none")
+        >>> m(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, backbone: str, feature: str | None = None, normalize_embeds: bool = False,
+                 pretrained: bool = True, cache_dir: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        self.backbone = backbone
+        self.model = self.freeze(build_dreamsim(zero_shot_variant(backbone, feature), cache_dir=cache_dir,
+                                                pretrained=pretrained, normalize_embeds=normalize_embeds))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
+            x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
+        return self.model.embed_pooled(x)
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 1.0 - F.cosine_similarity(self.embed(preds), self.embed(target), dim=-1)
+
+
+_CITATIONS = {
+    "dino": "Caron et al. Emerging Properties in Self-Supervised Vision Transformers. ICCV 2021.",
+    "dinov2": "Oquab et al. DINOv2: Learning Robust Visual Features without Supervision. TMLR 2024.",
+    "clip": "Radford et al. Learning Transferable Visual Models From Natural Language Supervision. ICML 2021.",
+    "open_clip": "Cherti et al. Reproducible scaling laws for contrastive language-image learning. CVPR 2023 (OpenCLIP, LAION-400M).",
+    "synclr": "Tian et al. Learning Vision from Models Rivals Learning Vision from Data. CVPR 2024 (SynCLR).",
+}
+_LICENCES = {"dino": "Apache-2.0", "dinov2": "Apache-2.0", "clip": "MIT", "open_clip": "MIT", "synclr": "Apache-2.0"}
+
+for _backbone in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vitb14", "synclr_vitb16",
+                  "clip_vitb16", "clip_vitb32", "open_clip_vitb16", "open_clip_vitb32"):
+    _family, _, _arch = _backbone.rpartition("_")
+    _cfg = BACKBONES[_backbone]
+    _feat = "projected CLS embedding" if _cfg.proj_dim else "CLS token before the final LayerNorm"
+    register_metric(MetricSpec(
+        name=f"{_family}.{_arch}",
+        target="percepbench.metrics_registry.embedding:ZeroShotEmbeddingMetric",
+        kwargs={"backbone": _backbone},
+        description=f"zero-shot {_family} ViT-{_arch[3].upper()}/{_arch[4:]}: {_feat}",
+        distance="1 - cosine(features)",
+        kind="embedding",
+        inputs=InputConvention(size=IMAGE_SIZE, interpolation="bicubic"),
+        weights=backbone_weight_files([_backbone]),
+        reference="same backbone code as DreamSim (parity with the official dreamsim package in tests)",
+        licence=_LICENCES[_family],
+        citation=_CITATIONS[_family],
+        default=_backbone in ("dino_vitb16", "clip_vitb32", "open_clip_vitb32"),
+    ))
