@@ -1,7 +1,8 @@
 """The ``percepbench`` command line.
 
-Exit codes: 0 success; 2 usage error or bad input (unknown name, bad flag, unreadable config or data);
-1 failure (a metric or task failed while running; other unexpected errors).
+Exit codes: 0 success; 2 usage error or bad input (unknown name, bad flag, unreadable config or data,
+also when found part-way through a run: the results written so far are kept); 1 failure (a metric failed
+while running, missing weights, other unexpected errors).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} metric/task pair(s) failed; the others' results are complete", file=sys.stderr)
     print(f"\nresults: {results.path}")
+    if any(f.get("kind") == "data" for f in failed):
+        return EXIT_USAGE  # bad input data (unreadable image, mixed sizes): exit 2, results so far kept
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -135,7 +138,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"tasks ({len(specs)}):")
         width = max((len(s.name) for s in specs), default=0) + 2
         for s in specs:
-            data = "built in, no download" if not s.needs_data else "needs data (see `percepbench data`)"
+            data = ("built in, no download" if not s.needs_data
+                    else "reads data from --data-root / $PERCEPBENCH_DATA (see README: Human-judgment benchmarks)")
             print(f"  {s.name.ljust(width)}{s.description}")
             print(f"  {'':{width}}{s.kind}, {s.measure}; {data}")
     return EXIT_OK

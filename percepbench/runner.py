@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import percepbench
 from percepbench.config import RunConfig
-from percepbench.errors import UsageError
+from percepbench.errors import DataError, UsageError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import METRICS, TASKS
 from percepbench.results import RESULTS_FILE, RunResults, records_frame, write_results
@@ -190,6 +190,7 @@ def run(config: RunConfig) -> RunResults:
                 dists = compute_distances(metric, task, mspec, config, device, f"{tspec.name} · {mspec.name}")
             except Exception as exc:  # one broken metric must not lose the others' results
                 meta["failed"].append({"task": tspec.name, "metric": mspec.name,
+                                       "kind": "data" if isinstance(exc, DataError) else "failure",
                                        "error": f"{type(exc).__name__}: {exc}"})
                 log.warning("%s on %s failed: %s: %s", mspec.name, tspec.name, type(exc).__name__, exc)
                 if os.environ.get("PERCEPBENCH_DEBUG"):

@@ -135,7 +135,7 @@ def test_images_of_different_sizes_fail_for_native_size_metrics_only(capsys, tmp
     flat(root / "distort/000/001_1.png", REF + 50, size=24)
     code, _, err = run(capsys, "-m", "toy-meanabs,toy-meanabs16", "-t", "nights", "--data-root",
                        str(tmp_path / "data"), "-o", str(tmp_path / "run"))
-    assert code == 1
+    assert code == 2  # bad input data; the fixed-size metric's results are still written
     assert "differ in size" in err and "32x32: 14 file(s), 24x24: 1 file(s)" in err
     _, recs = records_of(tmp_path / "run")
     assert recs[("toy-meanabs16", "all")] == pytest.approx((70.0, 5))
@@ -204,10 +204,11 @@ def test_image_damaged_past_its_header_fails_when_loaded(capsys, tmp_path, clean
     bad.write_bytes(bad.read_bytes()[:120])  # header intact, pixel data cut
     code, _, err = run(capsys, "-m", toy, "-t", "nights", "--data-root", str(tmp_path / "data"),
                        "-o", str(tmp_path / "run"))
-    assert code == 1  # the runner records the failure of this metric on this task
+    assert code == 2  # bad input data, found while loading: recorded, results so far kept
     assert str(bad) in err and "cannot read image" in err
     res = load_results(tmp_path / "run")
     assert res.meta["failed"][0]["task"] == "nights" and str(bad) in res.meta["failed"][0]["error"]
+    assert res.meta["failed"][0]["kind"] == "data"
 
 
 def test_bad_task_args_are_usage_errors(capsys, tmp_path, clean_env, toy):
