@@ -61,3 +61,16 @@ def server(tmp_path, monkeypatch):
     srv = LocalServer(tmp_path / "served")
     yield srv
     srv.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_fixtures_stay_untouched():
+    """Tests read ../shared/fixtures and never write there (no sidecars, no outputs)."""
+    def listing():
+        return sorted(str(p.relative_to(SHARED_FIXTURES)) for p in SHARED_FIXTURES.rglob("*")) \
+            if SHARED_FIXTURES.is_dir() else []
+
+    before = listing()
+    yield
+    added = sorted(set(listing()) - set(before))
+    assert not added, f"tests wrote into {SHARED_FIXTURES}: {added}"

@@ -32,17 +32,25 @@ def _isolated(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture
+def real_adapter(tmp_path):
+    """A copy of the real adapter: loading records a sha256 sidecar, never into ../shared."""
+    import shutil
+
+    return shutil.copytree(REAL_ADAPTER, tmp_path / "dino_vitb16_single_lora")
+
+
 def random_model(variant: str, seed: int = 0, **kwargs) -> DreamSimModel:
     torch.manual_seed(seed)
     return DreamSimModel(variant, **kwargs).eval()
 
 
-def test_real_official_adapter_loads_strictly_and_changes_the_output():
+def test_real_official_adapter_loads_strictly_and_changes_the_output(real_adapter):
     model = random_model("dino_vitb16", normalize_embeds=False)
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model.embed(x)
-    model.load_lora(REAL_ADAPTER)  # raises on any missing or unexpected LoRA key
+    model.load_lora(real_adapter)  # raises on any missing or unexpected LoRA key
     assert model.lora_config["lora_alpha"] == 32.0 and model.lora_config["r"] == 16
     assert model.lora_config["lora_dropout"] == 0.2 and model.lora_config["target_modules"] == ["qkv"]
     lora_keys = [k for k in model.state_dict() if ".lora_" in k]
@@ -60,10 +68,10 @@ def test_alpha_comes_from_the_file_never_a_default():
     assert read_adapter_config(REAL_ADAPTER)["lora_alpha"] == 32.0
 
 
-def test_adapter_for_another_variant_is_refused():
+def test_adapter_for_another_variant_is_refused(real_adapter):
     model = random_model("ensemble")
     with pytest.raises(WeightsError, match=r"LoRA keys do not match the ensemble model: 48 missing"):
-        model.load_lora(REAL_ADAPTER)
+        model.load_lora(real_adapter)
 
 
 def test_missing_adapter_files_name_the_path(tmp_path):
@@ -254,3 +262,18 @@ def test_percepbench_run_offline_names_the_files(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert code == 1 and "dreamsim_ensemble_checkpoint.zip" in err and "dino_vitbase16_pretrain.pth" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_extracted_files_are_checked_on_every_later_load(real_adapter):
+    lora = real_adapter
+    random_model("dino_vitb16").load_lora(lora)  # first load records the sha256
+    assert (lora / "adapter_model.safetensors.sha256").is_file()
+    random_model("dino_vitb16").load_lora(lora)  # unchanged: fine
+    data = bytearray((lora / "adapter_model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # flip bits in the last tensor
+    (lora / "adapter_model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="changed since it was downloaded"):
+        random_model("dino_vitb16").load_lora(lora)
+    (lora / "adapter_model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
+    with pytest.raises(WeightsError, match=r"adapter_model\.safetensors"):
+        random_model("dino_vitb16").load_lora(lora)

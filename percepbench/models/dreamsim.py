@@ -159,11 +159,19 @@ class DreamSimModel(nn.Module):
 
     # -- weights --------------------------------------------------------------------------------
     def load_backbones(self, cache_dir: str | Path) -> None:
-        """Load every backbone from its official file in ``cache_dir`` (``weights_only=True``)."""
+        """Load every backbone from its official file in ``cache_dir`` (``weights_only=True``).
+
+        Files that came out of a release zip are checked against the sha256 recorded at their first load
+        (torch-hub files are verified by the weights manager when fetched).
+        """
+        from percepbench.download import verify_file
+
         for backbone in self.extractor_list:
             path = Path(cache_dir) / backbone.cfg.checkpoint
             if not path.is_file():
                 raise WeightsError(f"{path}: backbone checkpoint of {backbone.cfg.name} not found")
+            if backbone.cfg.checkpoint_url is None:
+                verify_file(path)
             try:
                 raw = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:
@@ -191,6 +199,10 @@ class DreamSimModel(nn.Module):
         path = lora_dir / "adapter_model.safetensors"
         if not path.is_file():
             raise WeightsError(f"{path}: LoRA adapter weights not found")
+        from percepbench.download import check_safetensors, verify_file
+
+        check_safetensors(path)
+        verify_file(path)  # sha256 recorded at first load, checked on every later one
         try:
             official = load_file(str(path))
         except Exception as exc:
