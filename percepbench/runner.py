@@ -115,6 +115,19 @@ def build_task(spec: TaskSpec, config: RunConfig) -> Any:
         raise UsageError(f"task {spec.name!r}: bad --task-args {args}: {exc}") from exc
 
 
+def weight_hashes(spec: MetricSpec) -> list[dict[str, Any]]:
+    """Each weight file of a metric with the sha256 it was verified against (known or recorded)."""
+    from percepbench.download import recorded_sha256
+    from percepbench.weights import weight_path
+
+    out = []
+    for w in spec.weights:
+        path = weight_path(w)
+        out.append({"filename": w.filename, "path": str(path), "url": w.url,
+                    "sha256": w.sha256 or (recorded_sha256(path) if path.is_file() else None)})
+    return out
+
+
 def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig,
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
@@ -162,6 +175,7 @@ def run(config: RunConfig) -> RunResults:
         "finished": None,
         "config": config.to_dict() | {"out": str(out)},
         "metrics": {s.name: s.to_dict() for s in metric_specs},
+        "weights": {s.name: weight_hashes(s) for s in metric_specs if s.weights},
         "tasks": {s.name: s.to_dict() for s in task_specs},
         "task_protocols": {},
         "protocol": [],

@@ -52,6 +52,16 @@ def test_download_verify_path_round_trip(capsys, served_metric, weights_env, ser
     n = len(server.requests)
     assert run(capsys, "download", "toyweights", "-q")[0] == 0 and len(server.requests) == n  # cached
 
+    # a run records each weight file with the sha256 it was verified against
+    from percepbench.results import load_results
+
+    out = weights_env.parent / "run"
+    assert main(["run", "-m", "toyweights", "--task-args", "severity2afc:per_family=1,size=32", "-q",
+                 "--n-boot", "5", "-o", str(out)]) == 0
+    capsys.readouterr()
+    (entry,) = load_results(out).meta["weights"]["toyweights"]
+    assert entry["sha256"] == spec.weights[0].sha256 and entry["path"] == str(target)
+
     target.write_bytes(b"tampered")
     code, out, err = run(capsys, "verify", "toyweights")
     assert code == 1 and "FAILED" in out and str(target) in out and "failing verification" in err

@@ -251,6 +251,9 @@ def test_percepbench_run_with_dreamsim(capsys, tmp_path):
     res = load_results(out)
     (proto,) = res.meta["protocol"]
     assert proto["resize"] == "224x224 bicubic" and proto["metric"] == "dreamsim.dino_vitb16"
+    files = res.meta["weights"]["dreamsim.dino_vitb16"]  # random weights here: nothing present, no hashes
+    assert {f["filename"] for f in files} == {"dreamsim_dino_vitb16_checkpoint.zip",
+                                              "checkpoints/dino_vitbase16_pretrain.pth"}
     assert len(res.samples) == 8 and res.samples["d0"].between(0, 2).all()
 
 
