@@ -74,3 +74,30 @@ def shared_fixtures_stay_untouched():
     yield
     added = sorted(set(listing()) - set(before))
     assert not added, f"tests wrote into {SHARED_FIXTURES}: {added}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """No test reads or writes the user's caches: torch hub (torchvision trunks) and percepbench weights
+    live in temporary folders for the whole session."""
+    root = tmp_path_factory.mktemp("caches")
+    saved = {k: os.environ.get(k) for k in ("TORCH_HOME", "PERCEPBENCH_CACHE")}
+    os.environ["TORCH_HOME"] = str(root / "torch")
+    os.environ["PERCEPBENCH_CACHE"] = str(root / "percepbench")
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def torch_hub_dir_restored():
+    """Code under test (the official dreamsim package) calls torch.hub.set_dir; undo it after each test,
+    so that TORCH_HOME keeps deciding the hub dir."""
+    import torch.hub
+
+    saved = torch.hub._hub_dir
+    yield
+    torch.hub._hub_dir = saved

@@ -138,14 +138,14 @@ def official_model(root: Path, dino_state, *, dreamsim_type: str, use_patch_mode
                    normalize_embeds: bool = True):
     import dreamsim
 
-    hub_dir = torch.hub.get_dir()  # the official code calls torch.hub.set_dir(cache_dir): undo it after
+    hub_dir = torch.hub._hub_dir  # the official code calls torch.hub.set_dir(cache_dir): undo it after
     with official_hub(dino_state):
         try:
             model, preprocess = dreamsim.dreamsim(pretrained=True, device="cpu", cache_dir=str(root),
                                                   normalize_embeds=normalize_embeds, dreamsim_type=dreamsim_type,
                                                   use_patch_model=use_patch_model)
         finally:
-            torch.hub.set_dir(hub_dir)
+            torch.hub._hub_dir = hub_dir
     return model.eval(), preprocess
 
 
@@ -153,11 +153,11 @@ def official_zero_shot(root: Path, states, *, model_type: str, feat_type: str, s
     """The official ``PerceptualModel`` as a zero-shot baseline (``baseline=True``: no MLP, no LoRA)."""
     from dreamsim.model import PerceptualModel
 
-    hub_dir = torch.hub.get_dir()
+    hub_dir = torch.hub._hub_dir
     with official_hub(states["dino"], states["dino_vits16"]):
         try:
             model = PerceptualModel(model_type=model_type, feat_type=feat_type, stride=str(stride), baseline=True,
                                     load_dir=str(root), normalize_embeds=False, device="cpu")
         finally:
-            torch.hub.set_dir(hub_dir)
+            torch.hub._hub_dir = hub_dir
     return model.eval()
