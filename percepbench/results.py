@@ -10,8 +10,13 @@
                started, finished, config, metrics: {name: spec}, tasks: {name: spec},
                protocol: [{task, metric, ...}], skipped: [{task, metric, reason}]},
       "records": [{task, subset, metric, measure, value, ci_low, ci_high, n}, ...],
+      "comparisons": [{task, subset, measure, metric_a, metric_b, diff, ci_low, ci_high, p_value, n}, ...],
       "samples": "samples.parquet"
     }
+
+``comparisons`` pair every two metrics of a task on the same items (``diff`` = score of ``metric_a``
+minus score of ``metric_b``, in the measure's units; paired bootstrap CI; sign-flip permutation p-value),
+so "A beats B" is a tested claim. Files written before it existed read back with no comparisons.
 
 Records are long-format, one row per (task, subset, metric, measure); pandas and seaborn read them as
 they are. ``samples.parquet`` holds one row per (task, metric, item) with the distances, the label and
@@ -39,6 +44,8 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.parquet"
 RECORD_COLUMNS = ["task", "subset", "metric", "measure", "value", "ci_low", "ci_high", "n"]
+COMPARISON_COLUMNS = ["task", "subset", "measure", "metric_a", "metric_b", "diff", "ci_low", "ci_high",
+                      "p_value", "n"]
 SAMPLE_KEY_COLUMNS = ["task", "subset", "item", "metric"]
 
 
@@ -50,6 +57,7 @@ class RunResults:
     records: pd.DataFrame
     samples: pd.DataFrame | None = None
     complete: bool = True
+    comparisons: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
     path: Path | None = field(default=None, compare=False)
 
 
@@ -98,6 +106,8 @@ def write_results(out_dir: str | Path, results: RunResults) -> Path:
         "complete": bool(results.complete),
         "meta": results.meta,
         "records": json.loads(records.to_json(orient="records")),
+        "comparisons": json.loads(pd.DataFrame(results.comparisons, columns=COMPARISON_COLUMNS)
+                                  .to_json(orient="records")),
         "samples": SAMPLES_FILE if results.samples is not None else None,
     }
     text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
@@ -140,5 +150,6 @@ def load_results(path: str | Path, *, samples: bool = True) -> RunResults:
         records=records,
         samples=sample_df,
         complete=bool(payload.get("complete", False)),
+        comparisons=pd.DataFrame(payload.get("comparisons") or [], columns=COMPARISON_COLUMNS),
         path=json_path.parent,
     )

@@ -29,7 +29,7 @@ from percepbench.config import RunConfig
 from percepbench.errors import DataError, UsageError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import METRICS, TASKS
-from percepbench.results import RESULTS_FILE, RunResults, records_frame, write_results
+from percepbench.results import COMPARISON_COLUMNS, RESULTS_FILE, RunResults, records_frame, write_results
 from percepbench.specs import MetricSpec, TaskSpec
 from percepbench.weights import usable_offline
 
@@ -115,6 +115,30 @@ def build_task(spec: TaskSpec, config: RunConfig) -> Any:
         raise UsageError(f"task {spec.name!r}: bad --task-args {args}: {exc}") from exc
 
 
+def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], config: RunConfig
+                    ) -> list[dict[str, Any]]:
+    """Paired comparison of every two metrics scored on ``task``, per subset and pooled."""
+    from percepbench.stats import paired_comparison
+    from percepbench.tasks.base import ALL_SUBSET
+
+    frames = {f["metric"].iloc[0]: f for f in samples if len(f) and f["task"].iloc[0] == task_name}
+    names = list(frames)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            fa, fb = frames[a], frames[b]
+            subsets = list(pd.unique(fa["subset"]))
+            groups = [(s, (fa["subset"] == s).to_numpy()) for s in subsets]
+            if len(subsets) > 1:
+                groups.append((ALL_SUBSET, np.ones(len(fa), dtype=bool)))
+            for subset, mask in groups:
+                r = paired_comparison(fa["score"].to_numpy()[mask] * 100, fb["score"].to_numpy()[mask] * 100,
+                                      n_boot=config.n_boot, seed=config.seed)
+                out.append({"task": task_name, "subset": str(subset), "measure": task.measure,
+                            "metric_a": a, "metric_b": b, **r, "n": int(mask.sum())})
+    return out
+
+
 def weight_hashes(spec: MetricSpec) -> list[dict[str, Any]]:
     """Each weight file of a metric with the sha256 it was verified against (known or recorded)."""
     from percepbench.download import recorded_sha256
@@ -185,8 +209,11 @@ def run(config: RunConfig) -> RunResults:
     records: list[dict[str, Any]] = []
     samples: list[pd.DataFrame] = []
 
+    comparisons: list[dict[str, Any]] = []
+
     def flush(complete: bool = False) -> None:
         results.records = records_frame(records)
+        results.comparisons = pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS)
         results.samples = pd.concat(samples, ignore_index=True) if samples else None
         results.complete = complete
         write_results(out, results)
@@ -229,6 +256,8 @@ def run(config: RunConfig) -> RunResults:
                 "seconds": round(time.perf_counter() - t0, 3),
             })
             flush()
+        comparisons.extend(compare_metrics(tspec.name, task, samples, config))
+        flush()
     meta["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     flush(complete=True)
     return results

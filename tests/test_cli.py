@@ -39,6 +39,13 @@ def test_run_ok_writes_results_and_summary(capsys, tmp_path, clean_env):
         assert key in meta
     assert meta["device"] == "cpu" and meta["metrics"]["ssim"]["distance"] == "1 - SSIM"
     assert {p["metric"] for p in meta["protocol"]} == {"psnr", "ssim"}
+    # paired comparison of the two metrics on the same items, per subset and pooled
+    comp = res.comparisons
+    assert len(comp) == 9 and set(comp["metric_a"]) == {"psnr"} and set(comp["metric_b"]) == {"ssim"}
+    pooled = comp[comp["subset"] == "all"].iloc[0]
+    by_metric = res.records[res.records["subset"] == "all"].set_index("metric")["value"]
+    assert pooled["diff"] == pytest.approx(by_metric["psnr"] - by_metric["ssim"])
+    assert 0 < pooled["p_value"] <= 1 and pooled["n"] == 24
     # every record can be recomputed from the per-item samples
     for _, rec in res.records.iterrows():
         s = res.samples[(res.samples["metric"] == rec["metric"])]

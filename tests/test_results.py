@@ -35,8 +35,12 @@ def example() -> RunResults:
 
 def test_round_trip(tmp_path):
     res = example()
+    res.comparisons = pd.DataFrame([{"task": "t", "subset": "a", "measure": "2afc_accuracy", "metric_a": "psnr",
+                                     "metric_b": "ssim", "diff": 12.5, "ci_low": 2.0, "ci_high": 20.0,
+                                     "p_value": 0.01, "n": 4}])
     write_results(tmp_path, res)
     back = load_results(tmp_path)
+    pd.testing.assert_frame_equal(back.comparisons, res.comparisons, check_dtype=False)
     assert back.meta == res.meta and back.complete
     pd.testing.assert_frame_equal(back.records, res.records, check_dtype=False)
     pd.testing.assert_frame_equal(back.samples, res.samples)

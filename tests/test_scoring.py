@@ -78,3 +78,20 @@ def test_bootstrap_ci():
     assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
     assert all(np.isnan(bootstrap_ci(np.array([]))))
     assert bootstrap_ci(np.full(10, 0.5)) == (0.5, 0.5)
+
+
+def test_paired_comparison_hand_cases():
+    from percepbench.stats import paired_comparison
+
+    # three items where A is right and B wrong, one tie: exact sign-flip p = P(all 3 signs equal) = 2/8
+    r = paired_comparison(np.array([1.0, 1.0, 1.0, 0.0]), np.zeros(4), n_perm=4000, seed=0)
+    assert r["diff"] == pytest.approx(0.75)
+    assert r["p_value"] == pytest.approx(0.25, abs=0.03)
+    assert r["ci_low"] <= 0.75 <= r["ci_high"]
+    same = paired_comparison(np.full(10, 0.5), np.full(10, 0.5))
+    assert same == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    rng = np.random.default_rng(0)
+    strong = paired_comparison((rng.random(300) < 0.9).astype(float), (rng.random(300) < 0.6).astype(float))
+    assert strong["p_value"] < 0.01 and strong["ci_low"] > 0
+    with pytest.raises(ValueError, match="same length"):
+        paired_comparison(np.ones(3), np.ones(4))
