@@ -3,7 +3,7 @@
 Importing this package registers every built-in task spec.
 """
 
-from percepbench.tasks import bapps, csv_tasks, nights, severity  # noqa: F401  (registers their specs)
+from percepbench.tasks import bapps, csv_tasks, nights, severity, things  # noqa: F401  (registers their specs)
 from percepbench.tasks.base import Task, TwoAFCTask, score_2afc
 
 __all__ = ["Task", "TwoAFCTask", "score_2afc"]

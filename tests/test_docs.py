@@ -17,6 +17,7 @@ MODULES_WITH_EXAMPLES = [
     "percepbench.metrics_registry.dreamsim",
     "percepbench.models.dreamsim",
     "percepbench.tasks.base",
+    "percepbench.tasks.things",
 ]
 
 
