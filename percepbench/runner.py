@@ -117,11 +117,11 @@ def build_task(spec: TaskSpec, config: RunConfig) -> Any:
 
 def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], config: RunConfig
                     ) -> list[dict[str, Any]]:
-    """Paired comparison of every two metrics scored on ``task``, per subset and pooled."""
-    from percepbench.stats import paired_comparison
+    """Paired comparison of every two metrics scored on ``task`` (``task.compare``), per subset and pooled."""
     from percepbench.tasks.base import ALL_SUBSET
 
-    frames = {f["metric"].iloc[0]: f for f in samples if len(f) and f["task"].iloc[0] == task_name}
+    frames = {f["metric"].iloc[0]: f.reset_index(drop=True) for f in samples
+              if len(f) and f["task"].iloc[0] == task_name}
     names = list(frames)
     out = []
     for i, a in enumerate(names):
@@ -132,8 +132,7 @@ def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], conf
             if len(subsets) > 1:
                 groups.append((ALL_SUBSET, np.ones(len(fa), dtype=bool)))
             for subset, mask in groups:
-                r = paired_comparison(fa["score"].to_numpy()[mask] * 100, fb["score"].to_numpy()[mask] * 100,
-                                      n_boot=config.n_boot, seed=config.seed)
+                r = task.compare(fa[mask], fb[mask], n_boot=config.n_boot, seed=config.seed)
                 out.append({"task": task_name, "subset": str(subset), "measure": task.measure,
                             "metric_a": a, "metric_b": b, **r, "n": int(mask.sum())})
     return out

@@ -3,7 +3,8 @@
 Importing this package registers every built-in task spec.
 """
 
-from percepbench.tasks import bapps, csv_tasks, nights, severity, things  # noqa: F401  (registers their specs)
+from percepbench.tasks import bapps, csv_tasks, jnd, nights, severity, things  # noqa: F401  (registers their specs)
 from percepbench.tasks.base import Task, TwoAFCTask, score_2afc
+from percepbench.tasks.jnd import JNDTask, jnd_average_precision
 
-__all__ = ["Task", "TwoAFCTask", "score_2afc"]
+__all__ = ["JNDTask", "Task", "TwoAFCTask", "jnd_average_precision", "score_2afc"]

@@ -9,7 +9,8 @@ A task knows items and scoring, not networks. For the runner it exposes:
 - ``items``: a DataFrame, one row per item, with at least ``item`` and ``subset`` plus label columns;
 - ``dataset(inputs)``: a ``torch.utils.data.Dataset`` whose element ``i`` is a dict slot -> uint8 (3, H, W)
   tensor for row ``i`` of ``items``, prepared with the metric's input convention;
-- ``score(samples)``: per-item scores and long-format records from ``items`` + distance columns.
+- ``score(samples)``: per-item scores and long-format records from ``items`` + distance columns;
+- ``compare(a, b)``: paired comparison of two metrics' samples on the same items.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from percepbench.specs import InputConvention
-from percepbench.stats import bootstrap_ci
+from percepbench.stats import bootstrap_ci, paired_comparison
 
 ALL_SUBSET = "all"
 
@@ -71,6 +72,15 @@ class Task:
                 "ci_low": lo, "ci_high": hi, "n": int(mask.sum()),
             })
         return records
+
+    def compare(self, a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+        """Score of metric ``a`` minus metric ``b`` on the same items (rows aligned), in the measure's units.
+
+        Default: paired bootstrap CI of the mean per-item score difference (x 100) and a sign-flip
+        permutation p-value (:func:`percepbench.stats.paired_comparison`). Tasks whose measure is not a
+        mean of item scores (JND average precision) override this.
+        """
+        return paired_comparison(a["score"].to_numpy() * 100, b["score"].to_numpy() * 100, n_boot=n_boot, seed=seed)
 
 
 def score_2afc(d0: np.ndarray, d1: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -1,68 +1,103 @@
-"""``2afc_csv``: 2AFC on your own triplets, listed in a CSV.
+"""``2afc_csv`` and ``jnd_csv``: benchmarks on your own human judgments, listed in a CSV.
+
+``2afc_csv`` — 2AFC on your own triplets.
 
 ``--task-args 2afc_csv:path=my.csv``. Columns: ``ref``, ``left``, ``right`` (image paths, relative to the
 CSV's folder or absolute) and ``p`` (fraction of judges who found the **right** image closer to the
 reference, in [0, 1]; 0/1 for hard labels); optional ``subset`` (scored separately, plus the pooled
 ``all``) and ``item`` (an id; the CSV line otherwise). ``d0 = d(ref, left)``, ``d1 = d(ref, right)``,
 scored like every 2AFC task.
+
+``jnd_csv`` — just-noticeable-difference pairs: ``--task-args jnd_csv:path=pairs.csv``. Columns ``p0``,
+``p1`` (image paths, relative to the CSV's folder or absolute) and ``same`` (fraction of judges who found
+the two images the same, in [0, 1]); optional ``subset`` and ``item``. ``d = d(p0, p1)``, scored by the
+VOC-style average precision of :mod:`percepbench.tasks.jnd`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
-from percepbench.tasks.files import FileTwoAFCTask, numeric_column, read_csv
+from percepbench.tasks.base import TwoAFCTask
+from percepbench.tasks.files import FileTask, numeric_column, read_csv
+from percepbench.tasks.jnd import JNDTask
 
-COLUMNS = ("ref", "left", "right", "p")
 
+class CSVItems(FileTask):
+    """Items read from a user CSV: image columns, one label column in [0, 1], optional subset and item."""
 
-class CSV2AFC(FileTwoAFCTask):
-    """User triplets from a CSV (columns ref, left, right, p; optional subset, item)."""
+    task_name: ClassVar[str] = ""
+    image_columns: ClassVar[tuple[str, ...]] = ()
+    label: ClassVar[str] = ""
+    label_text: ClassVar[str] = ""
+    comparisons_text: ClassVar[str] = ""
 
     def __init__(self, path: str | None = None) -> None:
         super().__init__()
         if path in (None, ""):
-            raise ValueError("2afc_csv needs path=<CSV file> (columns ref,left,right,p; optional subset, item)")
+            raise ValueError(f"{self.task_name} needs path=<CSV file> (columns "
+                             f"{','.join((*self.image_columns, self.label))}; optional subset, item)")
         self.path = str(path)
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
         csv = Path(self.path).expanduser()
-        frame = read_csv(csv, COLUMNS)
-        p = numeric_column(frame, "p", csv, lo=0.0, hi=1.0)
-        for col in ("ref", "left", "right"):
-            empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
-            if empty.any():
-                raise DataError(f"{csv}: column {col!r} is empty on line(s) "
-                                + ", ".join(str(i + 2) for i in list(frame.index[empty.to_numpy()])[:5]))
-        base = csv.resolve().parent
-        items = pd.DataFrame({
-            "item": (frame["item"].astype(str) if "item" in frame.columns
-                     else pd.Series([f"line{i + 2}" for i in frame.index])).to_numpy(),
-            "subset": (frame["subset"].astype(str) if "subset" in frame.columns
-                       else pd.Series(["all"] * len(frame))).to_numpy(),
-            "p": p.to_numpy(),
-            "ref": frame["ref"].astype(str).str.strip().to_numpy(),
-            "left": frame["left"].astype(str).str.strip().to_numpy(),
-            "right": frame["right"].astype(str).str.strip().to_numpy(),
-        })
-        paths = [tuple(os.path.join(base, f) for f in row)
-                 for row in zip(items["ref"], items["left"], items["right"], strict=True)]
-        self._finish(items, paths, what=f"2afc_csv ({csv})", num_workers=num_workers)
+        items, paths = read_item_csv(csv, self.image_columns, self.label)
+        self._finish(items, paths, what=f"{self.task_name} ({csv})", num_workers=num_workers)
         self._protocol = {
             "dataset": "user CSV",
             "csv": str(csv),
-            "root": str(base),
+            "root": str(csv.resolve().parent),
             "filters": "none",
-            "label": "p = column p (fraction judging the right image closer)",
-            "comparisons": "d0 = d(ref, left), d1 = d(ref, right)",
+            "label": self.label_text,
+            "comparisons": self.comparisons_text,
         }
+
+
+class CSV2AFC(CSVItems, TwoAFCTask):
+    """User triplets from a CSV (columns ref, left, right, p; optional subset, item)."""
+
+    task_name, image_columns, label = "2afc_csv", ("ref", "left", "right"), "p"
+    label_text = "p = column p (fraction judging the right image closer)"
+    comparisons_text = "d0 = d(ref, left), d1 = d(ref, right)"
+
+
+class CSVJND(CSVItems, JNDTask):
+    """User JND pairs from a CSV (columns p0, p1, same; optional subset, item)."""
+
+    task_name, image_columns, label = "jnd_csv", ("p0", "p1"), "same"
+    label_text = "same = column same (fraction judging the pair the same)"
+    comparisons_text = "d = d(p0, p1)"
+
+
+def read_item_csv(csv: Path, image_columns: tuple[str, ...], label: str) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
+    """Items and absolute image paths of a user CSV; :class:`DataError` naming the file and lines on bad input."""
+    frame = read_csv(csv, (*image_columns, label))
+    values = numeric_column(frame, label, csv, lo=0.0, hi=1.0)
+    for col in image_columns:
+        empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
+        if empty.any():
+            raise DataError(f"{csv}: column {col!r} is empty on line(s) "
+                            + ", ".join(str(i + 2) for i in list(frame.index[empty.to_numpy()])[:5]))
+    base = csv.resolve().parent
+    items = pd.DataFrame({
+        "item": (frame["item"].astype(str) if "item" in frame.columns
+                 else pd.Series([f"line{i + 2}" for i in frame.index])).to_numpy(),
+        "subset": (frame["subset"].astype(str) if "subset" in frame.columns
+                   else pd.Series(["all"] * len(frame))).to_numpy(),
+        label: values.to_numpy(),
+        **{col: frame[col].astype(str).str.strip().to_numpy() for col in image_columns},
+    })
+    paths = [tuple(os.path.join(base, f) for f in row)
+             for row in zip(*(items[col] for col in image_columns), strict=True)]
+    return items, paths
 
 
 register_task(TaskSpec(
@@ -71,4 +106,12 @@ register_task(TaskSpec(
     description="2AFC on your own triplets: path=<CSV> with columns ref,left,right,p (paths relative to the "
                 "CSV), optional subset, item",
     kind="2afc", measure="2afc_accuracy", needs_data=True, offline=True,
+))
+
+register_task(TaskSpec(
+    name="jnd_csv",
+    target="percepbench.tasks.csv_tasks:CSVJND",
+    description="JND on your own pairs: path=<CSV> with columns p0,p1,same (paths relative to the CSV), "
+                "optional subset, item; VOC average precision",
+    kind="jnd", measure="jnd_map", needs_data=True, offline=True,
 ))

@@ -1,4 +1,4 @@
-"""Shared machinery of the file-based 2AFC tasks (``nights``, ``bapps_2afc``, ``2afc_csv``).
+"""Shared machinery of the file-based tasks (``nights``, ``bapps_2afc``, ``bapps_jnd``, ``things``, the CSV tasks).
 
 A file task resolves, in ``prepare``, one absolute path per (item, slot), checks that every file exists
 and that its header can be read (first few problems reported, each naming the file), and records every
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from percepbench.errors import DataError
 from percepbench.images import apply_convention, load_rgb, pil_to_tensor
 from percepbench.specs import InputConvention
-from percepbench.tasks.base import TwoAFCTask
+from percepbench.tasks.base import Task, TwoAFCTask
 
 #: how many problems an error message lists before "... and N more"
 MAX_LISTED = 5
@@ -149,8 +149,12 @@ class FileTriplets(Dataset):
         return out
 
 
-class FileTwoAFCTask(TwoAFCTask):
-    """A 2AFC task whose items are image files on disk (subclasses fill ``_items`` and ``_paths`` in ``prepare``)."""
+class FileTask(Task):
+    """A task whose items are image files on disk (subclasses fill ``_items`` and ``_paths`` in ``prepare``).
+
+    Slots, comparisons and scoring come from the task kind it is mixed with (:class:`FileTwoAFCTask`,
+    the JND tasks).
+    """
 
     def __init__(self) -> None:
         self._items: pd.DataFrame | None = None
@@ -204,3 +208,7 @@ class FileTwoAFCTask(TwoAFCTask):
                       "files at native size (then all images must share one size); recorded per metric in "
                       "meta.protocol",
         }
+
+
+class FileTwoAFCTask(FileTask, TwoAFCTask):
+    """A 2AFC task whose items are image files on disk."""

@@ -14,6 +14,13 @@ class MeanAbs(DistanceMetric):
         return (preds - target).abs().flatten(1).mean(1)
 
 
+class Flipped(DistanceMetric):
+    """1 - mean absolute difference: ranks pairs the wrong way round (a deterministic bad metric)."""
+
+    def distance(self, preds, target):
+        return 1 - (preds - target).abs().flatten(1).mean(1)
+
+
 class Broken(DistanceMetric):
     def distance(self, preds, target):
         raise RuntimeError("this metric is broken on purpose")

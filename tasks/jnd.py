@@ -1,0 +1,215 @@
+"""JND tasks: ``bapps_jnd`` (BAPPS just-noticeable-difference pairs) and the scoring they share with ``jnd_csv``.
+
+A JND item is a pair of images (``p0``, ``p1``) with label ``same`` = the fraction of raters who answered
+"the same". The metric gives ``d = d(p0, p1)``; a good metric puts the pairs people call "same" at small
+distances. The measure is the **VOC-style average precision** (``jnd_map``, in %) of "same" ranked by
+ascending distance, with soft labels, as in the LPIPS paper's evaluation:
+
+- sort the pairs by distance, ascending; ``TP = cumsum(same)``, ``FP = cumsum(1 - same)``;
+  ``precision = TP / (TP + FP)``, ``recall = TP / sum(same)``;
+- prepend recall 0 and append recall 1, prepend and append precision 0; make precision non-increasing by
+  a running maximum from the right; AP = sum over the points where recall changes of
+  ``delta recall x precision``.
+
+Two details the official script leaves to chance are fixed here. Distances of any shape ((N, 1, 1, 1)
+from LPIPS) are flattened before sorting. **Tied distances** are one threshold: precision and recall are
+taken only after a whole group of tied pairs (the official ``argsort`` order within a tie is arbitrary,
+so its AP depends on it). Without ties both give the same number. scikit-learn's
+``average_precision_score`` is a different quantity (no precision envelope, hard labels only) and is not
+used.
+
+AP is a property of the whole set, not a mean of per-item scores, so the per-item ``score`` column of
+``samples.parquet`` is NaN for JND tasks; CIs bootstrap the AP itself (items resampled with replacement),
+and paired comparisons between metrics use a paired bootstrap of the AP difference with a per-item swap
+permutation test (:func:`percepbench.stats.paired_statistic_comparison`). Scores per subset, plus ``all``
+= the AP over the union of the subsets' pairs when there are several.
+
+``bapps_jnd`` data: ``<data_root>/bapps/dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy``
+(subsets ``traditional`` and ``cnn``), or ``root=`` pointing at the folder that holds ``jnd/``. Files pair
+by stem across the three folders; ``same/<stem>.npy`` holds one number in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from percepbench.errors import DataError
+from percepbench.registry import register_task
+from percepbench.specs import TaskSpec
+from percepbench.stats import bootstrap_statistic_ci, paired_statistic_comparison
+from percepbench.tasks.bapps import HOW_TO_GET, IMAGE_SUFFIXES, _stems
+from percepbench.tasks.base import ALL_SUBSET, Task
+from percepbench.tasks.files import FileTask, listed, split_list
+
+JND_SUBSETS = ("traditional", "cnn")
+JND_FOLDERS = ("p0", "p1")
+
+
+def jnd_average_precision(distances: np.ndarray, same: np.ndarray) -> float:
+    """VOC-style AP of "same" ranked by ascending distance, soft labels, tied distances as one threshold.
+
+    Returns a fraction in [0, 1]; NaN when no rater ever answered "same" (recall is undefined).
+
+    >>> jnd_average_precision(np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 1.0]))  # 1 * 1/2 + 2/3 * 1/2
+    0.8333333333333333
+    >>> jnd_average_precision(np.array([0.1, 0.1]), np.array([1.0, 0.0]))  # a tie: one threshold
+    0.5
+    """
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    s = np.asarray(same, dtype=np.float64).reshape(-1)
+    if d.shape != s.shape:
+        raise ValueError(f"distances and labels must have the same length, got {d.size} and {s.size}")
+    if np.any(np.isnan(d)):
+        raise ValueError("JND distances contain NaN")
+    if np.any((s < 0) | (s > 1)) or np.any(np.isnan(s)):
+        raise ValueError("JND labels (fraction answering 'same') must lie in [0, 1]")
+    total = s.sum()
+    if d.size == 0 or total <= 0:
+        return float("nan")
+    order = np.argsort(d, kind="stable")
+    d, s = d[order], s[order]
+    tp, fp = np.cumsum(s), np.cumsum(1.0 - s)
+    last_of_tie = np.append(d[1:] != d[:-1], True)  # evaluate only after a whole group of tied distances
+    tp, fp = tp[last_of_tie], fp[last_of_tie]
+    recall = tp / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    changed = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
+
+
+def read_fraction(path: Path, what: str) -> float:
+    """One number in [0, 1] from a ``.npy`` label file; :class:`DataError` naming the file otherwise."""
+    try:
+        value = np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read {what} file ({exc})") from exc
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise DataError(f"{path}: {what} file must hold one number (shape (1,)), got dtype {value.dtype} "
+                        f"shape {value.shape}")
+    v = float(value.reshape(-1)[0])
+    if not 0.0 <= v <= 1.0:  # also rejects NaN
+        raise DataError(f"{path}: {what} value {v} is outside [0, 1]")
+    return v
+
+
+class JNDTask(Task):
+    """Pairs (p0, p1) with label ``same`` = fraction of raters answering "same"; measure: VOC AP in %."""
+
+    slots: ClassVar[tuple[str, ...]] = ("p0", "p1")
+    comparisons: ClassVar[tuple[tuple[str, str, str], ...]] = (("d", "p0", "p1"),)
+    measure: ClassVar[str] = "jnd_map"
+
+    def item_scores(self, samples: pd.DataFrame) -> np.ndarray:
+        """NaN per item: the AP is a property of the whole set (see the module docstring)."""
+        return np.full(len(samples), np.nan)
+
+    def score(self, samples: pd.DataFrame, *, seed: int = 0, n_boot: int = 1000) -> list[dict[str, Any]]:
+        """AP x 100 per subset and over the union (``all``), each with a bootstrap CI of the AP."""
+        d = samples["d"].to_numpy(dtype=np.float64)
+        s = samples["same"].to_numpy(dtype=np.float64)
+        subsets = samples["subset"].to_numpy()
+        groups = [(g, subsets == g) for g in pd.unique(subsets)]
+        if len(groups) > 1:
+            groups.append((ALL_SUBSET, np.ones(len(d), dtype=bool)))
+        records = []
+        for subset, mask in groups:
+            dm, sm = d[mask], s[mask]
+            value = jnd_average_precision(dm, sm) * 100.0
+            lo, hi = bootstrap_statistic_ci(lambda idx, dm=dm, sm=sm: jnd_average_precision(dm[idx], sm[idx]) * 100.0,
+                                            dm.size, n_boot=n_boot, seed=seed)
+            records.append({"subset": str(subset), "measure": self.measure, "value": value,
+                            "ci_low": lo, "ci_high": hi, "n": int(mask.sum())})
+        return records
+
+    def compare(self, a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+        """AP(a) - AP(b) in points on the same pairs: paired bootstrap CI, per-pair swap permutation p-value."""
+        da, db = a["d"].to_numpy(dtype=np.float64), b["d"].to_numpy(dtype=np.float64)
+        s = a["same"].to_numpy(dtype=np.float64)
+
+        def diff(idx: np.ndarray, swap: np.ndarray) -> float:
+            x, y = np.where(swap, db, da)[idx], np.where(swap, da, db)[idx]
+            return (jnd_average_precision(x, s[idx]) - jnd_average_precision(y, s[idx])) * 100.0
+
+        return paired_statistic_comparison(diff, len(da), n_boot=n_boot, n_perm=n_boot, seed=seed)
+
+
+class FileJNDTask(FileTask, JNDTask):
+    """A JND task whose pairs are image files on disk."""
+
+
+class BAPPSJND(FileJNDTask):
+    """BAPPS JND pairs, paired by stem across ``p0``, ``p1`` and ``same``; see the module docstring."""
+
+    def __init__(self, subsets: str | list[str] | None = None, root: str | None = None) -> None:
+        super().__init__()
+        chosen = split_list(subsets) or list(JND_SUBSETS)
+        unknown = [s for s in chosen if s not in JND_SUBSETS]
+        if unknown:
+            raise ValueError(f"unknown BAPPS JND subsets {unknown}; known: {', '.join(JND_SUBSETS)} "
+                             "(separate several with '+', e.g. subsets=cnn+traditional)")
+        self.subsets = list(dict.fromkeys(chosen))
+        self.root = None if root in (None, "") else str(root)
+
+    def _dataset_root(self, data_root: str | None) -> Path:
+        if self.root is not None:
+            return Path(self.root).expanduser()
+        if not data_root:
+            raise DataError(f"bapps_jnd: no data root given (BAPPS is read from <data root>/bapps/dataset). "
+                            f"{HOW_TO_GET}")
+        return Path(data_root).expanduser() / "bapps" / "dataset"
+
+    def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
+                seed: int = 0) -> None:
+        root = self._dataset_root(data_root)
+        base = root / "jnd" / "val"
+        if not base.is_dir():
+            raise DataError(f"{base}: BAPPS JND folder not found. {HOW_TO_GET}")
+        rows, paths = [], []
+        for subset in self.subsets:
+            folder = base / subset
+            if not folder.is_dir():
+                raise DataError(f"{folder}: BAPPS JND subset folder not found. {HOW_TO_GET}")
+            found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in JND_FOLDERS}
+            found["same"] = _stems(folder / "same", (".npy",))
+            all_stems = set().union(*found.values())
+            problems = [f"{name}/ lacks {len(lacking)} stem(s) ({listed(lacking)})"
+                        for name, files in found.items() if (lacking := sorted(all_stems - files.keys()))]
+            if problems:
+                raise DataError(f"{folder}: files do not pair by stem across p0/p1/same: " + "; ".join(problems))
+            if not all_stems:
+                raise DataError(f"{folder}: no pairs (p0/, p1/ and same/ are empty)")
+            for stem in sorted(all_stems):
+                rows.append({"item": f"{subset}/{stem}", "subset": subset,
+                             "same": read_fraction(found["same"][stem], "JND 'same'"), "stem": stem})
+                paths.append(tuple(str(found[name][stem]) for name in JND_FOLDERS))
+        self._finish(pd.DataFrame(rows), paths, what=f"BAPPS JND ({base})", num_workers=num_workers)
+        self._protocol = {
+            "dataset": "BAPPS JND (LPIPS, Zhang et al. 2018)",
+            "root": str(root),
+            "subsets": list(self.subsets),
+            "filters": "none; p0/p1/same paired by file stem (stem sets checked equal)",
+            "label": "same = same/<stem>.npy (fraction of raters answering 'same')",
+            "comparisons": "d = d(p0, p1)",
+            "measure": "VOC-style average precision of 'same' ranked by ascending distance, soft labels, "
+                       "tied distances as one threshold",
+            "pooled": "subset 'all' = AP over the union of the subsets' pairs",
+        }
+
+
+register_task(TaskSpec(
+    name="bapps_jnd",
+    target="percepbench.tasks.jnd:BAPPSJND",
+    description="BAPPS JND human judgments (LPIPS paper): VOC average precision of 'same' pairs by "
+                "distance, subsets traditional/cnn; options subsets (a+b), root",
+    kind="jnd", measure="jnd_map", needs_data=True, offline=True,
+    licence="BAPPS: BSD-2-Clause (richzhang/PerceptualSimilarity)",
+    citation="Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018",
+))
