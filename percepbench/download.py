@@ -19,23 +19,28 @@ listing the exact path to place each file at and the URL to fetch it from. The s
 network failed, is raised when a download still fails after its retries.
 
 Archives are extracted with :func:`extract_zip` (integrity check, path-traversal and symlink refusal,
-staged extraction); weight files are checked with :func:`check_safetensors` (header only) and
-:func:`check_torch_file` (``torch.load(..., weights_only=True)``; percepbench never unpickles arbitrary
-objects).
+staged extraction) and :func:`extract_tar` (the same contract for ``.tar``/``.tar.gz``/``.tar.bz2``/
+``.tar.xz``: one streaming pass, links may only point inside the target, no device files); weight files
+are checked with :func:`check_safetensors` (header only) and :func:`check_torch_file`
+(``torch.load(..., weights_only=True)``; percepbench never unpickles arbitrary objects).
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
+import lzma
 import math
 import os
 import re
 import shutil
 import ssl
 import stat
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -55,6 +60,7 @@ __all__ = [
     "check_safetensors",
     "check_torch_file",
     "download",
+    "extract_tar",
     "extract_zip",
     "is_offline",
     "offline_error",
@@ -106,13 +112,14 @@ class MissingFile:
     note: str = ""
 
 
-def offline_error(missing: Iterable[MissingFile], reason: str) -> OfflineError:
+def offline_error(missing: Iterable[MissingFile], reason: str, *, what: str = "weight file(s)") -> OfflineError:
     """An :class:`OfflineError` listing every missing file with its exact path and URL.
 
-    ``reason`` says why nothing was downloaded (offline mode, or the network error after the retries).
+    ``reason`` says why nothing was downloaded (offline mode, or the network error after the retries);
+    ``what`` names the kind of files in the first line (``"weight file(s)"``, ``"NIGHTS file(s)"``, ...).
     """
     missing = list(missing)
-    lines = [f"cannot download {len(missing)} weight file(s): {reason}.",
+    lines = [f"cannot download {len(missing)} {what}: {reason}.",
              "Fetch each URL yourself and place the file at the path shown:"]
     for m in missing:
         lines.append(f"  {m.path}")
@@ -491,6 +498,188 @@ def extract_zip(zip_path: str | Path, target_dir: str | Path) -> list[Path]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return [target_dir.joinpath(*parts) for parts in files]
+
+
+# ---------------------------------------------------------------------------------------------------- tar
+
+
+_TAR_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError)
+
+
+def _tar_member_parts(tar_path: Path, name: str) -> tuple[str, ...]:
+    """The safe relative path of a tar member as components; refuses absolute paths and ``..``."""
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or _DRIVE_RE.match(name):
+        raise WeightsError(f"tar {tar_path} member {name!r} has an absolute path; refusing to extract it")
+    parts = tuple(p for p in re.split(r"[/\\]", name) if p not in ("", "."))
+    if any(p == ".." for p in parts) or any(_DRIVE_RE.match(p) for p in parts):
+        raise WeightsError(f"tar {tar_path} member {name!r} would be written outside the target folder; "
+                           "refusing to extract it")
+    return parts
+
+
+def _symlink_target_parts(tar_path: Path, parts: tuple[str, ...], member: tarfile.TarInfo) -> str:
+    """The link target of a symlink member, checked to stay inside the extraction folder (lexically)."""
+    target = member.linkname
+    if not target or "\x00" in target or target.startswith(("/", "\\")) or _DRIVE_RE.match(target):
+        raise WeightsError(f"tar {tar_path} member {member.name!r} is a link to {target!r}, outside the target "
+                           "folder; refusing to extract it")
+    depth = len(parts) - 1  # folders above the link inside the archive
+    for p in re.split(r"[/\\]", target):
+        if p in ("", "."):
+            continue
+        depth = depth - 1 if p == ".." else depth + 1
+        if depth < 0:
+            raise WeightsError(f"tar {tar_path} member {member.name!r} is a link to {target!r}, outside the "
+                               "target folder; refusing to extract it")
+    return target
+
+
+def extract_tar(tar_path: str | Path, target_dir: str | Path) -> list[Path]:
+    """Extract a tar archive (plain, gzip, bzip2 or xz) into ``target_dir`` safely; return the files and
+    links extracted.
+
+    The same contract as :func:`extract_zip`: members go into a temporary folder inside ``target_dir``
+    and each top-level entry is then renamed to its final name (an existing entry of that name is
+    replaced); any problem removes the temporary folder, so nothing is extracted. The archive is read in
+    one streaming pass (a multi-GB ``.tar.gz`` is decompressed once) and checked member by member:
+
+    - refused: absolute paths, drive letters, ``..`` components, symbolic links whose target leaves the
+      extraction folder (absolute, or climbing above it), hard links to anything but an earlier regular
+      file member, device files, FIFOs, and a regular file listed twice;
+    - every file is written through a parent folder whose real path is inside the temporary folder, so a
+      link inside the archive cannot redirect a later member elsewhere;
+    - file modes, owners and times from the archive are not applied (files get the default mode);
+    - the archive must end properly: a stream cut short (truncated download) or a failing gzip CRC is an
+      error, checked after the last member by reading the end-of-archive blocks and the rest of the stream.
+
+    Raises:
+        WeightsError: the archive is missing, truncated or corrupt (the message says to delete and download
+            it again), or a member is unsafe (the message names it). Nothing is extracted in either case.
+    """
+    tar_path, target_dir = Path(tar_path), Path(target_dir)
+    broken = f"tar {tar_path} is truncated or corrupt ({{}}); delete it and download it again"
+    if not tar_path.is_file():
+        raise WeightsError(f"tar {tar_path} does not exist")
+    try:
+        archive = tarfile.open(tar_path, "r:*")  # noqa: SIM115 (closed by the ``with archive`` below)
+    except _TAR_READ_ERRORS as exc:
+        raise WeightsError(broken.format(exc)) from exc
+    target_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=target_dir))
+    try:
+        with archive:
+            new, old = staging / "new", staging / "old"
+            new.mkdir()
+            old.mkdir()
+            real_new = new.resolve()
+            files: list[tuple[str, ...]] = []
+            regular: set[tuple[str, ...]] = set()
+            members = iter(archive)
+            while True:
+                try:
+                    member = next(members)
+                except StopIteration:
+                    break
+                except _TAR_READ_ERRORS as exc:
+                    raise WeightsError(broken.format(exc)) from exc
+                parts = _tar_member_parts(tar_path, member.name)
+                if not parts:
+                    continue
+                out = new.joinpath(*parts)
+                if member.isdir():
+                    _inside_real(tar_path, member.name, out, real_new, is_dir=True)
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not (member.isreg() or member.issym() or member.islnk()):
+                    kind = ("device file" if member.ischr() or member.isblk() else
+                            "FIFO" if member.isfifo() else f"special member (type {member.type!r})")
+                    raise WeightsError(f"tar {tar_path} member {member.name!r} is a {kind}; refusing to extract it")
+                if parts in regular or out.is_symlink() or out.exists():
+                    raise WeightsError(f"tar {tar_path} holds {member.name!r} twice; refusing to extract it")
+                _inside_real(tar_path, member.name, out.parent, real_new, is_dir=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if member.issym():
+                    os.symlink(_symlink_target_parts(tar_path, parts, member), out)
+                    files.append(parts)
+                    continue
+                if member.islnk():
+                    source = _tar_member_parts(tar_path, member.linkname)
+                    if source not in regular:
+                        raise WeightsError(f"tar {tar_path} member {member.name!r} is a hard link to "
+                                           f"{member.linkname!r}, which is not an earlier file of the archive; "
+                                           "refusing to extract it")
+                    shutil.copyfile(new.joinpath(*source), out)
+                else:
+                    _copy_member(archive, member, out, broken)
+                regular.add(parts)
+                files.append(parts)
+            _check_tar_end(archive, broken)
+            for entry in sorted(p.name for p in new.iterdir()):
+                final = target_dir / entry
+                if final.is_symlink() or final.exists():
+                    os.replace(final, old / entry)
+                os.replace(new / entry, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [target_dir.joinpath(*parts) for parts in files]
+
+
+def _inside_real(tar_path: Path, name: str, path: Path, real_root: Path, *, is_dir: bool) -> None:
+    """Refuse ``path`` when an existing prefix of it resolves (through a link) outside ``real_root``."""
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    real = probe.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise WeightsError(f"tar {tar_path} member {name!r} would be written through a link outside the "
+                           "target folder; refusing to extract it")
+    if is_dir and probe.exists() and not probe.is_dir():
+        raise WeightsError(f"tar {tar_path} member {name!r} clashes with another member; refusing to extract it")
+
+
+def _copy_member(archive: tarfile.TarFile, member: tarfile.TarInfo, out: Path, broken: str) -> None:
+    try:
+        src = archive.extractfile(member)
+    except _TAR_READ_ERRORS as exc:
+        raise WeightsError(broken.format(exc)) from exc
+    if src is None:  # not a regular file after all
+        raise WeightsError(broken.format(f"member {member.name!r} has no data"))
+    with src, open(out, "xb") as dst:
+        while True:
+            try:
+                chunk = src.read(_CHUNK)
+            except _TAR_READ_ERRORS as exc:
+                raise WeightsError(broken.format(exc)) from exc
+            if not chunk:
+                break
+            dst.write(chunk)
+    if out.stat().st_size != member.size:
+        raise WeightsError(broken.format(f"member {member.name!r} has {out.stat().st_size} of {member.size} bytes"))
+
+
+def _check_tar_end(archive: tarfile.TarFile, broken: str) -> None:
+    """After the last member: the archive must end properly, not just stop.
+
+    tarfile stops quietly when the header after a member is cut short (or is garbage), so a truncated
+    archive could look complete. A plain tar must hold a zero end-of-archive block where the next header
+    would be. A compressed stream is read to its end instead (seeking back in it would decompress it all
+    again): that checks its CRC and end-of-stream marker, and it must extend at least one block past the
+    last member.
+    """
+    fileobj = archive.fileobj
+    compressed = isinstance(fileobj, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile))
+    try:
+        if compressed:
+            while fileobj.read(_CHUNK):
+                pass
+            tail = b"\0" * tarfile.BLOCKSIZE if fileobj.tell() >= archive.offset + tarfile.BLOCKSIZE else b""
+        else:
+            fileobj.seek(archive.offset)
+            tail = fileobj.read(tarfile.BLOCKSIZE)
+    except _TAR_READ_ERRORS as exc:
+        raise WeightsError(broken.format(exc)) from exc
+    if len(tail) < tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        raise WeightsError(broken.format(f"no end-of-archive block after byte {archive.offset}"))
 
 
 # ------------------------------------------------------------------------------------------- weight formats

@@ -8,10 +8,12 @@ first, redirect. It records every request it receives.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import re
 import stat
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from percepbench.download import (
     check_safetensors,
     check_torch_file,
     download,
+    extract_tar,
     extract_zip,
     is_offline,
     recorded_sha256,
@@ -344,6 +347,126 @@ def test_malicious_zip_members_are_refused(tmp_path, member):
     assert list(target.iterdir()) == []  # all or nothing
     assert [p.name for p in box.iterdir()] == ["cache"]
     assert not any(p.name in ("evil.txt", "abs.txt") for p in tmp_path.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------------- tar
+
+
+def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tf.addfile(m)
+            else:
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tf.addfile(info, io.BytesIO(m[1]))
+    return path
+
+
+def tar_link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".tar", "w"), (".tar.gz", "w:gz"), (".tar.bz2", "w:bz2"),
+                                              (".tar.xz", "w:xz")])
+def test_extract_tar_puts_files_in_place_and_merges_nothing_it_should_not(tmp_path, suffix, mode):
+    d = tarfile.TarInfo("dataset/jnd")
+    d.type = tarfile.DIRTYPE
+    t = make_tar(tmp_path / f"a{suffix}", [d, ("./dataset/jnd/val/a.png", b"A" * 3000), ("dataset/top.txt", b"t"),
+                                            tar_link("dataset/jnd/link.png", "val/a.png"),
+                                            tar_link("dataset/hard.png", "dataset/jnd/val/a.png", tarfile.LNKTYPE)],
+                 mode)
+    target = tmp_path / "out"
+    (target / "dataset").mkdir(parents=True)
+    (target / "dataset" / "stale.txt").write_bytes(b"old")  # a top-level entry of the same name is replaced
+    out = extract_tar(t, target)
+    assert sorted(out) == sorted([target / "dataset/jnd/val/a.png", target / "dataset/top.txt",
+                                  target / "dataset/jnd/link.png", target / "dataset/hard.png"])
+    assert (target / "dataset/jnd/link.png").is_symlink() and (target / "dataset/jnd/link.png").read_bytes() == b"A" * 3000
+    assert (target / "dataset/hard.png").read_bytes() == b"A" * 3000
+    assert sorted(p.name for p in target.iterdir()) == ["dataset"] and not (target / "dataset/stale.txt").exists()
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_truncated_tar_is_refused(tmp_path, mode):
+    t = make_tar(tmp_path / "a.tar", [("d/one.bin", payload(20_000)), ("d/two.bin", payload(20_000, 1))], mode)
+    raw = t.read_bytes()
+    # mid-member; for gzip also the 8-byte trailer (CRC, size) cut off: the data itself is all there.
+    # (Cutting a plain tar's zero padding loses nothing, so that is not refused.)
+    for cut in (len(raw) // 2, *([len(raw) - 6] if mode == "w:gz" else [])):
+        t.write_bytes(raw[:cut])
+        with pytest.raises(WeightsError, match="truncated or corrupt") as info:
+            extract_tar(t, tmp_path / "out")
+        assert str(t) in str(info.value) and "download it again" in str(info.value)
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_tar_cut_at_a_member_boundary_is_refused(tmp_path):
+    t = make_tar(tmp_path / "a.tar", [("one.bin", b"x" * 512), ("two.bin", b"y" * 512)], "w")
+    t.write_bytes(t.read_bytes()[:1024])  # header + data of the first member, nothing after it
+    with pytest.raises(WeightsError, match="no end-of-archive block"):
+        extract_tar(t, tmp_path / "out")
+    garbage = make_tar(tmp_path / "b.tar", [("one.bin", b"x" * 512)], "w")
+    garbage.write_bytes(garbage.read_bytes()[:1024] + b"\x01" * 1024)  # not a header, not the end
+    with pytest.raises(WeightsError, match="no end-of-archive block"):
+        extract_tar(garbage, tmp_path / "out")
+
+
+def test_not_a_tar_is_refused(tmp_path):
+    f = tmp_path / "a.tar.gz"
+    f.write_bytes(b"this is not an archive" * 100)
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        extract_tar(f, tmp_path / "out")
+    with pytest.raises(WeightsError, match="does not exist"):
+        extract_tar(tmp_path / "missing.tar", tmp_path / "out")
+
+
+def _special(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info
+
+
+@pytest.mark.parametrize(("member", "problem"), [
+    (("../evil.txt", b"evil"), "outside the target folder"),
+    (("ok/../../evil.txt", b"evil"), "outside the target folder"),
+    (("/abs.txt", b"evil"), "absolute path"),
+    (("C:/evil.txt", b"evil"), "absolute path"),
+    (tar_link("link", "../../evil.txt"), "is a link to '../../evil.txt', outside"),
+    (tar_link("a/b/link", "../../../evil.txt"), "outside the target folder"),
+    (tar_link("link", "/etc/passwd"), "is a link to '/etc/passwd', outside"),
+    (tar_link("hard", "/etc/passwd", tarfile.LNKTYPE), "absolute path"),
+    (tar_link("hard", "fine.txt_not_there", tarfile.LNKTYPE), "not an earlier file"),
+    (_special("dev", tarfile.CHRTYPE), "is a device file"),
+    (_special("blk", tarfile.BLKTYPE), "is a device file"),
+    (_special("fifo", tarfile.FIFOTYPE), "is a FIFO"),
+    (("fine.txt", b"again"), "twice"),
+])
+def test_malicious_tar_members_are_refused(tmp_path, member, problem):
+    box = tmp_path / "box"
+    target = box / "out"
+    target.mkdir(parents=True)
+    t = make_tar(tmp_path / "evil.tar.gz", [("fine.txt", b"fine"), member])
+    with pytest.raises(WeightsError, match="refusing to extract") as info:
+        extract_tar(t, target)
+    assert problem in str(info.value)
+    assert list(target.iterdir()) == []  # all or nothing
+    assert [p.name for p in box.iterdir()] == ["out"]
+    assert not any(p.name in ("evil.txt", "abs.txt") for p in tmp_path.rglob("*"))
+
+
+def test_tar_cannot_write_through_its_own_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # "dir" -> "." is inside; then a file written through a chain that resolves outside must be refused
+    t = make_tar(tmp_path / "evil.tar", [tar_link("up", "."), tar_link("sub/up2", ".."),
+                                         ("sub/up2/up/x.txt", b"inside is fine")], "w")
+    out = extract_tar(t, tmp_path / "target")
+    assert (tmp_path / "target" / "x.txt").read_bytes() == b"inside is fine" and len(out) == 3
+    assert list(outside.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------- safetensors
