@@ -1,8 +1,9 @@
 """``bapps_2afc``: 2AFC on BAPPS (the LPIPS paper's Berkeley-Adobe Perceptual Patch Similarity dataset).
 
-Data: ``<data_root>/bapps/dataset`` (``--data-root`` / ``$PERCEPBENCH_DATA``), or ``root=`` pointing at the
-folder that holds ``2afc/``. Layout: ``2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy``; the
-official archives extract to ``dataset/2afc/...``.
+Data: ``<data_root>/bapps/dataset`` (``--data-root`` / ``$PERCEPBENCH_DATA``, else the default data root of
+:func:`percepbench.data.data_root`, where ``percepbench data download bapps`` puts it), or ``root=``
+pointing at the folder that holds ``2afc/``. Layout: ``2afc/<split>/<subset>/{ref,p0,p1,judge}/
+<stem>.png|.npy``; the official archives extract to ``dataset/2afc/...``.
 
 Files are paired **by stem** across ``ref``, ``p0``, ``p1`` and ``judge`` (the stem sets must be equal; a
 difference is an error naming the folder and example stems). Label ``p`` = the ``judge/<stem>.npy`` value,
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from percepbench.data import data_root as default_data_root
+from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
@@ -35,11 +38,24 @@ SUBSETS = {
 IMAGE_FOLDERS = ("ref", "p0", "p1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 HOW_TO_GET = (
-    f"Get BAPPS from {URL} (twoafc_val 1.1 GB, twoafc_train 5.3 GB; percepbench has no download command for "
-    "it yet) and extract the archives into <data root>/bapps/ so that the layout is "
-    "<data root>/bapps/dataset/2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy; then pass "
-    "--data-root <data root> (or set PERCEPBENCH_DATA), or --task-args bapps_2afc:root=<folder holding 2afc/>"
+    "Download BAPPS with `percepbench data download bapps --root <data root>` (jnd and twoafc_val; add "
+    "--parts twoafc_train for the train split) from "
+    "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{jnd,twoafc_val,twoafc_train}.tar.gz "
+    "(0.2 / 1.1 / 5.3 GB), or extract those archives into <data root>/bapps/ yourself, so that the layout is "
+    "<data root>/bapps/dataset/2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy and "
+    "<data root>/bapps/dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy; then pass --data-root <data root> "
+    "(or set PERCEPBENCH_DATA; without either, the default data root $XDG_CACHE_HOME/percepbench/data, i.e. "
+    "~/.cache/percepbench/data, is used, as by the download command), or --task-args "
+    "bapps_2afc:root=<folder holding 2afc/>"
 )
+
+
+def how_to_get(data_root: Path | None, split: str = "val") -> str:
+    """:data:`HOW_TO_GET`, preceded by the exact download command for ``data_root`` when it is known."""
+    if data_root is None:
+        return HOW_TO_GET
+    parts = ["twoafc_train"] if split == "train" else None
+    return f"Run `{download_command('bapps', data_root, parts)}` to download it. {HOW_TO_GET}"
 
 
 def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -91,25 +107,28 @@ class BAPPS2AFC(FileTwoAFCTask):
         self.split, self.subsets = split, list(dict.fromkeys(chosen))
         self.root = None if root in (None, "") else str(root)
 
-    def _dataset_root(self, data_root: str | None) -> Path:
+    def _dataset_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
+        """(folder holding 2afc/, data root it sits in or None, note on where it came from)."""
         if self.root is not None:
-            return Path(self.root).expanduser()
-        if not data_root:
-            raise DataError(f"bapps_2afc: no data root given (BAPPS is read from <data root>/bapps/dataset). "
-                            f"{HOW_TO_GET}")
-        return Path(data_root).expanduser() / "bapps" / "dataset"
+            root = Path(self.root).expanduser()
+            base = root.parent.parent if root.name == "dataset" and root.parent.name == "bapps" else None
+            return root, base, ""
+        base = default_data_root(data_root)
+        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
+        return base / "bapps" / "dataset", base, note
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root = self._dataset_root(data_root)
+        root, data_base, note = self._dataset_root(data_root)
+        hint = how_to_get(data_base, self.split)
         base = root / "2afc" / self.split
         if not base.is_dir():
-            raise DataError(f"{base}: BAPPS 2AFC folder not found. {HOW_TO_GET}")
+            raise DataError(f"{base}: BAPPS 2AFC folder not found{note}. {hint}")
         rows, paths = [], []
         for subset in self.subsets:
             folder = base / subset
             if not folder.is_dir():
-                raise DataError(f"{folder}: BAPPS subset folder not found. {HOW_TO_GET}")
+                raise DataError(f"{folder}: BAPPS subset folder not found. {hint}")
             found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in IMAGE_FOLDERS}
             found["judge"] = _stems(folder / "judge", (".npy",))
             all_stems = set().union(*found.values())

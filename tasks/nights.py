@@ -1,9 +1,10 @@
 """``nights``: 2AFC on NIGHTS (DreamSim paper; human judgments of synthetic image triplets).
 
-Data: ``<data_root>/nights`` (``--data-root`` / ``$PERCEPBENCH_DATA``), or ``root=`` pointing at the nights
-folder itself. It holds ``data.csv`` (columns ``id, left_vote, right_vote, votes, ref_path, left_path,
-right_path, split, is_imagenet, prompt``) and the images under ``ref/`` and ``distort/``; the paths in the
-CSV are relative to the nights folder and are used exactly as given.
+Data: ``<data_root>/nights`` (``--data-root`` / ``$PERCEPBENCH_DATA``, else the default data root of
+:func:`percepbench.data.data_root`, where ``percepbench data download nights`` puts it), or ``root=``
+pointing at the nights folder itself. It holds ``data.csv`` (columns ``id, left_vote, right_vote, votes,
+ref_path, left_path, right_path, split, is_imagenet, prompt``) and the images under ``ref/`` and
+``distort/``; the paths in the CSV are relative to the nights folder and are used exactly as given.
 
 Protocol, as in the official code: keep rows with ``votes >= 6`` (unanimous votes); label ``p =
 right_vote`` (1 = the right image was judged closer to the reference); ``d0 = d(ref, left)``, ``d1 =
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from percepbench.data import data_root as default_data_root
+from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
@@ -34,11 +37,23 @@ COLUMNS = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "r
 SUBSETS = ("test", "test_imagenet", "test_no_imagenet", "val", "train")
 MIN_VOTES = 6
 HOW_TO_GET = (
-    f"Get NIGHTS from {URL} (58 GB unzipped; percepbench has no download command for it yet) and unzip it "
-    "so that the layout is <data root>/nights/data.csv, <data root>/nights/ref/<000-099>/<000-999>.png and "
-    "<data root>/nights/distort/<000-099>/<file>_0.png|_1.png; then pass --data-root <data root> (or set "
-    "PERCEPBENCH_DATA), or --task-args nights:root=<path to the nights folder>"
+    "Download NIGHTS with `percepbench data download nights --root <data root>` (the official chunked "
+    "archives https://data.csail.mit.edu/nights/nights_chunked/{ref,distort}/000.zip ... 099.zip plus data.csv, "
+    f"about 58 GB), or get {URL} and unzip it yourself, so that the layout is <data root>/nights/data.csv, "
+    "<data root>/nights/ref/<000-099>/<000-999>.png and <data root>/nights/distort/<000-099>/<file>_0.png|_1.png; "
+    "then pass --data-root <data root> (or set PERCEPBENCH_DATA; without either, the default data root "
+    "$XDG_CACHE_HOME/percepbench/data, i.e. ~/.cache/percepbench/data, is used, as by the download command), or "
+    "--task-args nights:root=<path to the nights folder>"
 )
+
+
+def how_to_get(data_root: Path | None) -> str:
+    """:data:`HOW_TO_GET`, preceded by the exact download command for ``data_root`` when it is known."""
+    if data_root is None:
+        return HOW_TO_GET
+    return f"Run `{download_command('nights', data_root)}` to download it. {HOW_TO_GET}"
+
+
 _TRUE = {"true", "1", "1.0", "yes", "t"}
 _FALSE = {"false", "0", "0.0", "no", "f"}
 
@@ -69,21 +84,24 @@ class NIGHTS(FileTwoAFCTask):
         self.root = None if root in (None, "") else str(root)
         self.min_votes = int(min_votes)
 
-    def _nights_root(self, data_root: str | None) -> Path:
+    def _nights_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
+        """(nights folder, data root it sits in or None, note on where it came from)."""
         if self.root is not None:
-            return Path(self.root).expanduser()
-        if not data_root:
-            raise DataError(f"nights: no data root given (NIGHTS is read from <data root>/nights). {HOW_TO_GET}")
-        return Path(data_root).expanduser() / "nights"
+            root = Path(self.root).expanduser()
+            return root, root.parent if root.name == "nights" else None, ""
+        base = default_data_root(data_root)
+        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
+        return base / "nights", base, note
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root = self._nights_root(data_root)
+        root, base, note = self._nights_root(data_root)
+        hint = how_to_get(base)
         csv = root / "data.csv"
         if not root.is_dir():
-            raise DataError(f"{root}: NIGHTS folder not found. {HOW_TO_GET}")
+            raise DataError(f"{root}: NIGHTS folder not found{note}. {hint}")
         if not csv.is_file():
-            raise DataError(f"{csv}: NIGHTS data.csv not found. {HOW_TO_GET}")
+            raise DataError(f"{csv}: NIGHTS data.csv not found{note}. {hint}")
         frame = read_csv(csv, COLUMNS)
         n_rows = len(frame)
         votes = numeric_column(frame, "votes", csv)
@@ -122,7 +140,7 @@ class NIGHTS(FileTwoAFCTask):
         })
         paths = [tuple(os.path.join(root, rel) for rel in row)
                  for row in zip(items["ref_path"], items["left_path"], items["right_path"], strict=True)]
-        self._finish(items, paths, what=f"NIGHTS ({csv})", hint=HOW_TO_GET, num_workers=num_workers)
+        self._finish(items, paths, what=f"NIGHTS ({csv})", hint=hint, num_workers=num_workers)
         self._protocol = {
             "dataset": "NIGHTS (DreamSim, Fu et al. 2023)",
             "root": str(root),

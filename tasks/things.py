@@ -2,7 +2,8 @@
 
 Layout: a triplet file (``things_valset.txt`` by default; the OSF project b2a4j distributes it) with three
 image names per line, separated by spaces, tabs or commas, and the images at ``<root>/<name>.png`` (a name
-that already has an extension is used as is). ``root`` defaults to ``<data_root>/things``; ``triplets=``
+that already has an extension is used as is). ``root`` defaults to ``<data_root>/things`` (the data root
+defaults as in :func:`percepbench.data.data_root`; THINGS is placed there by hand); ``triplets=``
 points at another triplet file. Per triplet the metric gives d12 = d(1, 2), d13 = d(1, 3), d23 = d(2, 3);
 the triplet counts as correct when d12 <= d13 and d12 <= d23 — the third image is the odd one out, and ties
 count as correct. The score is the mean x 100 with a bootstrap CI.
@@ -17,12 +18,23 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from percepbench.data import data_root as default_data_root
+from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
 from percepbench.tasks.files import FileTwoAFCTask, listed
 
-SOURCE = "THINGS odd-one-out validation triplets (OSF b2a4j): things_valset.txt + the THINGS images as <name>.png"
+SOURCE = ("THINGS odd-one-out validation triplets (OSF b2a4j): things_valset.txt + the THINGS images as "
+          "<name>.png; percepbench cannot download them (no direct file URL is verified): `percepbench data "
+          "download things --root <data root>` says what to fetch by hand and where to put it")
+
+
+def _source_for(data_root: Path | None) -> str:
+    if data_root is None:
+        return SOURCE
+    return (f"{SOURCE}. For this data root: `{download_command('things', data_root)}`, then "
+            f"`{download_command('things', data_root, action='verify')}`")
 
 
 def score_odd_one_out(d12: np.ndarray, d13: np.ndarray, d23: np.ndarray) -> np.ndarray:
@@ -50,21 +62,21 @@ class ThingsOddOneOut(FileTwoAFCTask):
     def item_scores(self, samples: pd.DataFrame) -> np.ndarray:
         return score_odd_one_out(samples["d12"].to_numpy(), samples["d13"].to_numpy(), samples["d23"].to_numpy())
 
-    def _resolve_root(self, data_root: str | None) -> Path:
+    def _resolve_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
+        """(things folder, data root it sits in or None, note on where it came from)."""
         if self.root:
-            return Path(self.root).expanduser()
-        if not data_root:
-            raise DataError("things: no data root; pass --data-root (or set PERCEPBENCH_DATA) to the folder "
-                            "holding things/, or --task-args things:root=<folder with the images>. "
-                            f"Expected: {SOURCE}")
-        return Path(data_root).expanduser() / "things"
+            root = Path(self.root).expanduser()
+            return root, root.parent if root.name == "things" else None, ""
+        base = default_data_root(data_root)
+        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
+        return base / "things", base, note
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root = self._resolve_root(data_root)
+        root, base, note = self._resolve_root(data_root)
         triplet_file = Path(self.triplets).expanduser() if self.triplets else root / "things_valset.txt"
         if not triplet_file.is_file():
-            raise DataError(f"{triplet_file}: THINGS triplet file not found. Expected: {SOURCE}")
+            raise DataError(f"{triplet_file}: THINGS triplet file not found{note}. Expected: {_source_for(base)}")
         rows, paths, bad = [], [], []
         for lineno, line in enumerate(triplet_file.read_text(encoding="utf-8").splitlines(), start=1):
             names = [n for n in re.split(r"[\s,]+", line.strip()) if n]

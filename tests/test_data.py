@@ -1,0 +1,506 @@
+"""percepbench.data: dataset download and verify against tiny datasets in the official layouts, served by a
+local HTTP server on 127.0.0.1 (tests/local_http.py), packed like the official archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from percepbench import data
+from percepbench.data import (
+    DATASETS,
+    ManualDownloadError,
+    data_root,
+    download_command,
+    download_dataset,
+    select_parts,
+    verify_dataset,
+)
+from percepbench.errors import DataError, OfflineError, UsageError
+
+pytestmark = pytest.mark.usefixtures("weights_env")
+
+
+@pytest.fixture(autouse=True)
+def no_user_data(monkeypatch, tmp_path):
+    """Neither $PERCEPBENCH_DATA nor the user's cache folder is ever used: the default root is private."""
+    monkeypatch.delenv("PERCEPBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for name in DATASETS:
+        monkeypatch.delenv(f"PERCEPBENCH_DATA_URL_{name.upper()}", raising=False)
+
+
+def png(value: int, size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (value, value, value)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy(value) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value, dtype=np.float32))
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+def tar_gz_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def serve(server, rel: str, content: bytes) -> None:
+    path = server.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def requested(server) -> list[str]:
+    return [r["path"] for r in server.requests]
+
+
+# ------------------------------------------------------------------------------------------------ NIGHTS
+
+
+def nights_files() -> dict[str, bytes]:
+    """A NIGHTS tree (paths relative to the nights folder): 8 triplets in chunks 000 and 001, data.csv."""
+    files, rows = {}, []
+    for i in range(8):
+        chunk = f"{i // 4:03d}"
+        ref, left, right = f"ref/{chunk}/{i:03d}.png", f"distort/{chunk}/{i:03d}_0.png", f"distort/{chunk}/{i:03d}_1.png"
+        files[ref], files[left] = png(100), png(100 + 10 * (i % 3))
+        if i != 7:  # row 7 has votes 5: filtered out, and its right image does not exist
+            files[right] = png(100 + 5 * (i % 4))
+        rows.append({"id": i, "left_vote": 0.0, "right_vote": 1.0, "votes": 5 if i == 7 else 6,
+                     "ref_path": ref, "left_path": left, "right_path": right,
+                     "split": "test", "is_imagenet": i % 2 == 0, "prompt": f"p{i}"})
+    files["data.csv"] = pd.DataFrame(rows).to_csv(index=False).encode()
+    return files
+
+
+def chunk(files: dict[str, bytes], kind: str, number: str, style: str) -> bytes:
+    """The chunk zip ``nights_chunked/<kind>/<number>.zip`` in one of the layouts extraction accepts."""
+    prefix = {"official": f"{number}/", "kind": f"{kind}/{number}/", "nights": f"nights/{kind}/{number}/",
+              "flat": ""}[style]
+    members = {prefix + rel.split("/", 2)[2]: content for rel, content in files.items()
+               if rel.startswith(f"{kind}/{number}/")}
+    return zip_bytes(members)
+
+
+@pytest.fixture
+def nights_server(server, monkeypatch):
+    """NIGHTS with 2 chunks per kind, served like data.csail.mit.edu/nights/: chunk zips and nights.zip."""
+    monkeypatch.setitem(DATASETS, "nights", data._nights(chunks=2))
+    monkeypatch.setenv("PERCEPBENCH_DATA_URL_NIGHTS", server.base + "/")
+    files = nights_files()
+    styles = {("ref", "000"): "official", ("ref", "001"): "kind", ("distort", "000"): "nights",
+              ("distort", "001"): "flat"}
+    for (kind, number), style in styles.items():
+        serve(server, f"nights_chunked/{kind}/{number}.zip", chunk(files, kind, number, style))
+    serve(server, "nights.zip", zip_bytes({f"nights/{rel}": content for rel, content in files.items()}))
+    server.files = files
+    return server
+
+
+def prepared_nights(root: Path | None):
+    from percepbench.tasks.nights import NIGHTS
+
+    task = NIGHTS()
+    task.prepare(data_root=None if root is None else str(root), progress=False)
+    return task
+
+
+def test_official_sources_and_parts():
+    nights = DATASETS["nights"]
+    urls = {p.name: nights.url(p) for p in nights.parts}
+    assert urls["ref/000"] == "https://data.csail.mit.edu/nights/nights_chunked/ref/000.zip"
+    assert urls["distort/099"] == "https://data.csail.mit.edu/nights/nights_chunked/distort/099.zip"
+    assert urls["csv"] == urls["zip"] == "https://data.csail.mit.edu/nights/nights.zip"
+    assert nights.part("csv").member == "nights/data.csv"
+    default = select_parts(nights, None)
+    assert len(default) == 201 and default[0].name == "csv" and "zip" not in {p.name for p in default}
+    assert [p.name for p in select_parts(nights, "zip")] == ["zip"]
+    assert [p.name for p in select_parts(nights, ["csv", "ref/007"])] == ["csv", "ref/007"]
+    bapps = DATASETS["bapps"]
+    assert [bapps.url(p) for p in bapps.parts] == [
+        f"https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{n}.tar.gz"
+        for n in ("jnd", "twoafc_val", "twoafc_train")]
+    assert [p.name for p in select_parts(bapps, None)] == ["jnd", "twoafc_val"]
+    assert [p.name for p in select_parts(bapps, "twoafc_train")] == ["twoafc_train"]
+    for source in DATASETS.values():
+        assert source.description and source.licence and source.citation and source.approx_size and source.layout
+    assert DATASETS["things"].manual and "b2a4j" in DATASETS["things"].manual
+
+
+def test_data_root_and_command(monkeypatch, tmp_path):
+    assert data_root() == tmp_path / "xdg" / "percepbench" / "data"
+    monkeypatch.setenv("PERCEPBENCH_DATA", str(tmp_path / "env"))
+    assert data_root() == tmp_path / "env"
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert download_command("bapps", "/my data", ["twoafc_train"]) == (
+        "percepbench data download bapps --root '/my data' --parts twoafc_train")
+
+
+def test_unknown_names_are_usage_errors():
+    with pytest.raises(UsageError, match="did you mean 'nights'"):
+        download_dataset("nigths", progress=False)
+    with pytest.raises(UsageError, match="did you mean 'bapps'"):
+        verify_dataset("bap")
+    with pytest.raises(UsageError, match="unknown bapps part 'twoafc_tran'; did you mean 'twoafc_train'"):
+        download_dataset("bapps", parts="twoafc_tran", progress=False)
+
+
+def test_nights_download_is_read_by_the_task_and_idempotent(nights_server, tmp_path):
+    # no root anywhere: the download and the task both use the default data root
+    dest = download_dataset("nights", progress=False)
+    assert dest == tmp_path / "xdg" / "percepbench" / "data" / "nights"
+    on_disk = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()
+               and ".percepbench" not in p.parts}
+    assert on_disk == set(nights_server.files)  # every chunk style landed in ref/NNN, distort/NNN
+    assert (dest / "data.csv").read_bytes() == nights_server.files["data.csv"]
+    # data.csv came out of nights.zip with range requests only, not as a whole-archive download
+    zip_requests = [r for r in nights_server.requests if r["path"] == "/nights.zip"]
+    assert zip_requests and all(r["range"] for r in zip_requests)
+    task = prepared_nights(None)
+    assert len(task.items) == 7 and set(task.items["subset"]) == {"test_imagenet", "test_no_imagenet"}
+    state = dest / ".percepbench"
+    assert sorted(p.name for p in (state / "done").iterdir()) == [
+        "csv.json", "distort-000.json", "distort-001.json", "ref-000.json", "ref-001.json"]
+    marker = json.loads((state / "done" / "ref-001.json").read_text())
+    assert marker["url"].endswith("/nights_chunked/ref/001.zip") and len(marker["archive_sha256"]) == 64
+    assert sorted(marker["files"]) == ["ref/001/004.png", "ref/001/005.png", "ref/001/006.png", "ref/001/007.png"]
+    assert list((state / "downloads").iterdir()) == []  # archives deleted once extracted
+    assert not any(p.name.startswith("staging") for p in state.iterdir())
+    assert verify_dataset("nights") == []
+
+    before = len(nights_server.requests)
+    assert download_dataset("nights", progress=False) == dest
+    assert len(nights_server.requests) == before  # nothing downloaded or extracted again
+
+    # a deleted image makes its chunk incomplete: the plain command fetches that chunk again, and only it
+    (dest / "distort/001/005_1.png").unlink()
+    download_dataset("nights", progress=False)
+    assert requested(nights_server)[before:] == ["/nights_chunked/distort/001.zip"]
+    assert (dest / "distort/001/005_1.png").is_file()
+
+
+def test_nights_same_root_via_env_and_flag(nights_server, tmp_path, monkeypatch):
+    root = tmp_path / "datasets"
+    download_dataset("nights", root, parts="csv,chunks", progress=False, keep_archives=True)
+    assert prepared_nights(root).items["item"].tolist() == [str(i) for i in range(7)]
+    monkeypatch.setenv("PERCEPBENCH_DATA", str(root))
+    assert len(prepared_nights(None).items) == 7
+    kept = sorted(p.name for p in (root / "nights" / ".percepbench" / "downloads").iterdir())
+    assert "nights_chunked-ref-000.zip" in kept and "nights_chunked-ref-000.zip.sha256" in kept
+
+
+def test_nights_single_zip_option(nights_server, tmp_path):
+    root = tmp_path / "d"
+    download_dataset("nights", root, parts="zip", progress=False)
+    assert requested(nights_server) == ["/nights.zip"] and nights_server.requests[0]["range"] is None
+    assert len(prepared_nights(root).items) == 7
+    assert not (root / "nights" / ".percepbench" / "downloads" / "nights.zip").exists()
+
+
+def test_nights_csv_needs_range_support(nights_server, tmp_path):
+    nights_server.ignore_range = True
+    with pytest.raises(DataError, match="does not support HTTP range requests") as info:
+        download_dataset("nights", tmp_path / "d", parts="csv", progress=False)
+    msg = str(info.value)
+    assert "nights/data.csv" in msg and str(tmp_path / "d" / "nights" / "data.csv") in msg
+    assert not (tmp_path / "d" / "nights" / "data.csv").exists()
+
+
+def test_chunk_with_unexpected_layout_installs_nothing(nights_server, tmp_path):
+    serve(nights_server, "nights_chunked/ref/000.zip", zip_bytes({"something/else/000.png": png(1)}))
+    with pytest.raises(DataError, match=r"does not contain 'ref/000'.*something") as info:
+        download_dataset("nights", tmp_path / "d", parts="ref/000", progress=False)
+    assert str(tmp_path / "d" / "nights" / "ref" / "000") in str(info.value)
+    assert not (tmp_path / "d" / "nights" / "ref").exists()
+    assert not (tmp_path / "d" / "nights" / ".percepbench" / "done" / "ref-000.json").exists()
+
+
+def test_nights_verify_names_missing_files_and_folders(nights_server, tmp_path):
+    root = tmp_path / "d"
+    download_dataset("nights", root, progress=False)
+    dest = root / "nights"
+    (dest / "ref/000/002.png").unlink()
+    for f in (dest / "distort/001").iterdir():
+        f.unlink()
+    (dest / "distort/001").rmdir()
+    (dest / "distort/000/001_0.png").write_bytes(b"not a png")
+    problems = verify_dataset("nights", root)
+    fix = f"Fix: run `percepbench data download nights --root {root}`"
+    assert problems == [f"{dest / 'distort/001'}: folder missing (6 referenced image(s) in it). {fix}",
+                        f"{dest / 'ref/000/002.png'}: image missing. {fix}"]
+    deep = verify_dataset("nights", root, deep=True)
+    assert deep[:2] == problems and len(deep) == 3
+    damaged = dest / "distort/000/001_0.png"
+    assert deep[2].startswith(f"{damaged}: image cannot be read")
+    assert deep[2].endswith(f"Fix: delete {damaged}, then run `percepbench data download nights --root {root}`")
+    download_dataset("nights", root, progress=False)  # the fixes work: chunks with files missing or resized
+    # (the damaged file is shorter) are fetched again
+    assert verify_dataset("nights", root, deep=True) == []
+
+    csv = dest / "data.csv"
+    csv.write_text(csv.read_text().replace("right_vote", "rightvote"))
+    (problem,) = verify_dataset("nights", root)
+    assert str(csv) in problem and "missing column(s) right_vote" in problem and problem.endswith(
+        f"`percepbench data download nights --root {root}`")
+
+
+def test_nights_missing_everything(tmp_path):
+    root = tmp_path / "empty"
+    assert verify_dataset("nights", root) == [
+        f"{root / 'nights'}: NIGHTS folder missing. Fix: run `percepbench data download nights --root {root}`"]
+
+
+# ------------------------------------------------------------------------------------------------- BAPPS
+
+
+BAPPS_VAL = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
+
+
+def bapps_members(part: str) -> dict[str, bytes]:
+    """The members of the official archive ``part``.tar.gz: dataset/2afc/val/... or dataset/jnd/val/..."""
+    members = {}
+    if part == "jnd":
+        for subset in ("traditional", "cnn"):
+            for i, stem in enumerate(("000000", "000001")):
+                base = f"dataset/jnd/val/{subset}"
+                members[f"{base}/p0/{stem}.png"] = png(50)
+                members[f"{base}/p1/{stem}.png"] = png(60 + i)
+                members[f"{base}/same/{stem}.npy"] = npy([0.5])
+    else:
+        split = part.removeprefix("twoafc_")
+        for subset in BAPPS_VAL if split == "val" else ("traditional", "cnn", "mix"):
+            for i, stem in enumerate(("000000", "000001")):
+                base = f"dataset/2afc/{split}/{subset}"
+                members[f"{base}/ref/{stem}.png"] = png(120)
+                members[f"{base}/p0/{stem}.png"] = png(130 + i)
+                members[f"{base}/p1/{stem}.png"] = png(150 - i)
+                members[f"{base}/judge/{stem}.npy"] = npy([0.25 * (i + 1)])
+    return members
+
+
+@pytest.fixture
+def bapps_server(server, monkeypatch):
+    monkeypatch.setenv("PERCEPBENCH_DATA_URL_BAPPS", server.base)
+    for part in ("jnd", "twoafc_val", "twoafc_train"):
+        serve(server, f"{part}.tar.gz", tar_gz_bytes(bapps_members(part)))
+    return server
+
+
+def test_bapps_download_is_read_by_the_task(bapps_server, tmp_path):
+    from percepbench.tasks.bapps import BAPPS2AFC
+
+    root = tmp_path / "d"
+    dest = download_dataset("bapps", root, progress=False)
+    assert requested(bapps_server) == ["/jnd.tar.gz", "/twoafc_val.tar.gz"]  # train only on request
+    assert (dest / "dataset/jnd/val/cnn/same/000001.npy").is_file()
+    task = BAPPS2AFC()
+    task.prepare(data_root=str(root), progress=False)
+    assert len(task.items) == 12 and task.items["p"].tolist()[:2] == [0.25, 0.5]
+    assert verify_dataset("bapps", root, deep=True) == []
+    assert verify_dataset("bapps", root, parts="twoafc_train") == [
+        f"{dest / 'dataset/2afc/train'}: BAPPS twoafc_train folder missing. Fix: run "
+        f"`percepbench data download bapps --root {root} --parts twoafc_train`"]
+    download_dataset("bapps", root, progress=False)
+    assert len(bapps_server.requests) == 2
+    download_dataset("bapps", root, parts="twoafc_train", progress=False)
+    assert requested(bapps_server)[2:] == ["/twoafc_train.tar.gz"]
+    assert (dest / "dataset/2afc/val/cnn").is_dir() and (dest / "dataset/jnd/val").is_dir()  # merged, not replaced
+    train = BAPPS2AFC(split="train")
+    train.prepare(data_root=str(root), progress=False)
+    assert len(train.items) == 6
+
+
+def test_resume_after_dropped_connection_and_leftover_part(bapps_server, tmp_path):
+    root = tmp_path / "d"
+    archive = bapps_server.root / "jnd.tar.gz"
+    downloads = root / "bapps" / ".percepbench" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "jnd.tar.gz.part").write_bytes(archive.read_bytes()[:100])  # left by an interrupted run
+    bapps_server.drop_after = 300  # and the connection drops during this run
+    download_dataset("bapps", root, parts="jnd", progress=False)
+    assert [r["range"] for r in bapps_server.requests] == ["bytes=100-", "bytes=400-"]
+    assert verify_dataset("bapps", root, parts="jnd") == []
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_truncated_archive_is_an_error_and_leaves_no_marker(bapps_server, nights_server, tmp_path, kind):
+    root = tmp_path / "d"
+    if kind == "tar":
+        name, served, part = "bapps", bapps_server.root / "twoafc_val.tar.gz", "twoafc_val"
+        marker = root / "bapps/.percepbench/done/twoafc_val.json"
+        archive = root / "bapps/.percepbench/downloads/twoafc_val.tar.gz"
+        produced = root / "bapps/dataset/2afc/val"
+    else:
+        name, served, part = "nights", nights_server.root / "nights_chunked/distort/000.zip", "distort/000"
+        marker = root / "nights/.percepbench/done/distort-000.json"
+        archive = root / "nights/.percepbench/downloads/nights_chunked-distort-000.zip"
+        produced = root / "nights/distort/000"
+    good = served.read_bytes()
+    served.write_bytes(good[: len(good) * 2 // 3])
+    with pytest.raises(DataError, match="truncated or corrupt") as info:
+        download_dataset(name, root, parts=part, progress=False)
+    msg = str(info.value)
+    assert str(archive) in msg and "was deleted" in msg and f"percepbench data download {name} --root {root}" in msg
+    assert not marker.exists() and not produced.exists() and not archive.exists()
+    assert not [p for p in marker.parent.parent.iterdir() if p.name.startswith("staging")]
+    served.write_bytes(good)  # the next call downloads it again and succeeds
+    download_dataset(name, root, parts=part, progress=False)
+    assert marker.is_file() and produced.is_dir()
+
+
+@pytest.mark.parametrize("evil", ["dotdot", "absolute", "symlink"])
+def test_malicious_tar_is_refused_and_installs_nothing(bapps_server, tmp_path, evil):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        good = tarfile.TarInfo("dataset/jnd/val/cnn/p0/000000.png")
+        content = png(1)
+        good.size = len(content)
+        tf.addfile(good, io.BytesIO(content))
+        info = tarfile.TarInfo({"dotdot": "dataset/../../evil", "absolute": "/tmp/evil",
+                                "symlink": "dataset/jnd/link"}[evil])
+        if evil == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../../outside"
+            tf.addfile(info)
+        else:
+            info.size = 4
+            tf.addfile(info, io.BytesIO(b"evil"))
+    serve(bapps_server, "jnd.tar.gz", buf.getvalue())
+    root = tmp_path / "d"
+    with pytest.raises(DataError, match="refusing to extract"):
+        download_dataset("bapps", root, parts="jnd", progress=False)
+    assert not (root / "bapps" / "dataset").exists()
+    assert not (root / "bapps" / ".percepbench" / "done" / "jnd.json").exists()
+    assert not (tmp_path / "evil").exists() and not (root / "evil").exists()
+
+
+def test_bapps_verify_reports_deleted_image_and_bad_npy(bapps_server, tmp_path):
+    root = tmp_path / "d"
+    dest = download_dataset("bapps", root, progress=False)
+    cnn = dest / "dataset/2afc/val/cnn"
+    (cnn / "p0/000001.png").unlink()
+    (cnn / "judge/000000.npy").write_bytes(b"garbage, not a numpy file")
+    (dest / "dataset/jnd/val/traditional/same/000000.npy").write_bytes(npy([1.5]))
+    fix = f"Fix: run `percepbench data download bapps --root {root}`"
+    (shallow,) = verify_dataset("bapps", root)
+    assert shallow.startswith(f"{cnn / 'p0'}: 1 file(s) missing") and str(cnn / "p0/000001.png") in shallow
+    assert shallow.endswith(fix)
+    jnd, two, judge = verify_dataset("bapps", root, deep=True)  # parts in order: jnd, then twoafc_val
+    assert two == shallow
+    bad_judge, bad_same = cnn / "judge/000000.npy", dest / "dataset/jnd/val/traditional/same/000000.npy"
+    assert judge.startswith(f"{bad_judge}: cannot read judge file")
+    assert judge.endswith(f"Fix: delete {bad_judge}, then run `percepbench data download bapps --root {root}`")
+    assert jnd == (f"{bad_same}: same value 1.5 is outside [0, 1]. Fix: delete {bad_same}, then run "
+                   f"`percepbench data download bapps --root {root}`")
+    bad_same.unlink()  # the fixes work: a part with a file missing is fetched and extracted again
+    download_dataset("bapps", root, progress=False)
+    assert verify_dataset("bapps", root, deep=True) == []
+
+
+def test_offline_mode_lists_every_file_url_and_destination(bapps_server, nights_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    root = tmp_path / "d"
+    with pytest.raises(OfflineError) as info:
+        download_dataset("bapps", root, progress=False)
+    msg = str(info.value)
+    downloads = root / "bapps/.percepbench/downloads"
+    assert info.value.files == [(downloads / "jnd.tar.gz", f"{bapps_server.base}/jnd.tar.gz"),
+                                (downloads / "twoafc_val.tar.gz", f"{bapps_server.base}/twoafc_val.tar.gz")]
+    assert "cannot download 2 BAPPS file(s)" in msg and "PERCEPBENCH_OFFLINE=1" in msg
+    assert str(root / "bapps/dataset/2afc/val") in msg and str(root / "bapps/dataset/jnd") in msg
+    with pytest.raises(OfflineError) as info:
+        download_dataset("nights", root, progress=False)
+    files = info.value.files
+    assert len(files) == 5 and files[0] == (root / "nights/data.csv", f"{nights_server.base}/nights.zip")
+    assert "nights/data.csv" in str(info.value)
+    assert nights_server.requests == []
+    # an archive placed by hand needs no network, even offline
+    downloads.mkdir(parents=True)
+    (downloads / "jnd.tar.gz").write_bytes((bapps_server.root / "jnd.tar.gz").read_bytes())
+    download_dataset("bapps", root, parts="jnd", progress=False)
+    assert verify_dataset("bapps", root, parts="jnd") == [] and bapps_server.requests == []
+
+
+def test_network_failure_lists_everything_still_missing(monkeypatch, tmp_path):
+    from local_http import closed_port_url
+
+    monkeypatch.setitem(DATASETS, "nights", data._nights(chunks=1))
+    base = closed_port_url("").rstrip("/")
+    monkeypatch.setenv("PERCEPBENCH_DATA_URL_NIGHTS", base)
+    with pytest.raises(OfflineError) as info:
+        download_dataset("nights", tmp_path / "d", progress=False)
+    msg = str(info.value)
+    assert "network failed after 4 attempt(s)" in msg and "cannot download 3 NIGHTS file(s)" in msg
+    assert [url for _, url in info.value.files] == [f"{base}/nights.zip", f"{base}/nights_chunked/ref/000.zip",
+                                                    f"{base}/nights_chunked/distort/000.zip"]
+
+
+# ------------------------------------------------------------------------------------------------ THINGS
+
+
+def test_things_is_never_downloaded_and_says_what_to_fetch(server, tmp_path):
+    root = tmp_path / "d"
+    dest = root / "things"
+    with pytest.raises(ManualDownloadError) as info:
+        download_dataset("things", root, progress=False)
+    msg = str(info.value)
+    assert "https://osf.io/b2a4j/" in msg and str(dest / "things_valset.txt") in msg and "<name>.png" in msg
+    assert f"percepbench data verify things --root {root}" in msg
+    dest.mkdir(parents=True)
+    (dest / "things_valset.txt").write_text("a b c\nb c d\n")
+    for name in "abc":
+        (dest / f"{name}.png").write_bytes(png(10))
+    with pytest.raises(ManualDownloadError, match=r"d\.png: image missing"):
+        download_dataset("things", root, progress=False)
+    assert verify_dataset("things", root) == [
+        f"{dest / 'd.png'}: image missing. Fix: fetch it by hand as "
+        f"`percepbench data download things --root {root}` explains (percepbench cannot download THINGS)"]
+    (dest / "d.png").write_bytes(png(20))
+    assert download_dataset("things", root, progress=False) == dest
+    assert server.requests == []
+
+
+# ------------------------------------------------------------------------------------------ task messages
+
+
+def test_task_errors_name_the_download_command(tmp_path):
+    from percepbench.tasks.bapps import BAPPS2AFC
+    from percepbench.tasks.nights import NIGHTS
+    from percepbench.tasks.things import ThingsOddOneOut
+
+    root = tmp_path / "nowhere"
+    for task, command in ((NIGHTS(), "nights"), (BAPPS2AFC(), "bapps"), (ThingsOddOneOut(), "things")):
+        with pytest.raises(DataError) as info:
+            task.prepare(data_root=str(root), progress=False)
+        assert f"`percepbench data download {command} --root {root}`" in str(info.value)
+        assert "no download command" not in str(info.value)
+        with pytest.raises(DataError) as info:
+            task.prepare(data_root=None, progress=False)
+        default = tmp_path / "xdg" / "percepbench" / "data"
+        assert f"no data root given, so the default data root {default} was used" in str(info.value)
+        assert f"--root {default}`" in str(info.value)
+    with pytest.raises(DataError, match="--parts twoafc_train"):
+        BAPPS2AFC(split="train").prepare(data_root=str(root), progress=False)
