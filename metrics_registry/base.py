@@ -15,6 +15,11 @@ list state reduced with ``cat``, so they sync across DDP processes.
 Subclasses implement :meth:`distance` on validated float [0, 1] tensors and return shape (N,). Networks
 are built once in ``__init__`` and handed to :meth:`freeze`, which keeps them in eval mode with no
 gradients into their weights, even when a parent module calls ``.train()``.
+
+Embedding metrics (``embeds = True``) also implement :meth:`embed` (validated [0, 1] images -> (N, D))
+and :meth:`embedding_distance`, with ``distance(x, y) == embedding_distance(embed(x), embed(y))``. The
+runner then embeds each unique image of a file-based task once and serves repeats from the on-disk
+embedding cache (:mod:`percepbench.embed_cache`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class DistanceMetric(Metric):
     input_range: tuple[float, float] = (0.0, 1.0)  #: range of float inputs (uint8 is always [0, 255])
 
     spec: Any = None  # set by ``MetricSpec.create``
+    #: True when distances are a function of per-image embeddings (see the module docstring)
+    embeds: ClassVar[bool] = False
+    #: bump when a code change alters the embeddings (invalidates the on-disk embedding cache)
+    embedding_version: ClassVar[int] = 1
 
     def __init__(self, reduction: Reduction = "mean", validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -59,6 +68,21 @@ class DistanceMetric(Metric):
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-pair distance, shape (N,), for float inputs in [0, 1] of shape (N, 3, H, W)."""
         raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding metrics: per-image embeddings (N, D) of validated float [0, 1] images (N, 3, H, W)."""
+        raise NotImplementedError(f"{type(self).__name__} is not an embedding metric")
+
+    def embedding_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Embedding metrics: per-pair distance (N,) between embeddings; default ``1 - cosine``."""
+        return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Validated embeddings (N, D) of one image batch (uint8 or float, as for ``update``)."""
+        check_pair(images, images)
+        x = to_unit_range(images, name="images", grayscale=self.grayscale, min_size=self.min_size,
+                          check_values=self.validate_args, input_range=self.input_range)
+        return self.embed(x.to(self.device))
 
     def freeze(self, module: nn.Module) -> nn.Module:
         """Register ``module`` as a frozen feature network: eval mode, no weight gradients."""

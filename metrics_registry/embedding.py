@@ -38,6 +38,8 @@ class ZeroShotEmbeddingMetric(DistanceMetric):
         torch.Size([2])
     """
 
+    embeds = True
+
     def __init__(self, backbone: str, feature: str | None = None, normalize_embeds: bool = False,
                  pretrained: bool = True, cache_dir: str | Path | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -53,7 +55,7 @@ class ZeroShotEmbeddingMetric(DistanceMetric):
         return self.model.embed_pooled(x)
 
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 1.0 - F.cosine_similarity(self.embed(preds), self.embed(target), dim=-1)
+        return self.embedding_distance(self.embed(preds), self.embed(target))
 
 
 _CITATIONS = {

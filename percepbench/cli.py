@@ -38,6 +38,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="per-metric option, repeatable (e.g. ms_ssim:scales=3)")
     p.add_argument("--task-args", action="append", metavar="NAME:KEY=VALUE",
                    help="per-task option, repeatable (e.g. severity2afc:per_family=8)")
+    p.add_argument("--embed-cache", metavar="DIR",
+                   help="on-disk embedding cache for embedding metrics on file-based tasks (default: "
+                        "$PERCEPBENCH_EMBED_CACHE or <weights cache>/embeddings)")
+    p.add_argument("--no-embed-cache", action="store_true",
+                   help="do not read or write the embedding cache (each unique image is still embedded once)")
     p.add_argument("--config", "-c", help="YAML or TOML file of run settings; flags override it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -95,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "metric_args": parse_name_args(args.metric_args, "--metric-args") if args.metric_args else None,
         "task_args": parse_name_args(args.task_args, "--task-args") if args.task_args else None,
         "progress": False if args.quiet else None,
+        "embed_cache": False if args.no_embed_cache else args.embed_cache,
     }
     config = build_config(file_values, flags)
     results = run(config)

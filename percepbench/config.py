@@ -32,6 +32,9 @@ class RunConfig:
     metric_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
+    #: embedding cache dir; None: the default (``$PERCEPBENCH_EMBED_CACHE`` or ``<weights cache>/embeddings``);
+    #: False: off (each unique image is still embedded only once per run)
+    embed_cache: str | bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
@@ -43,6 +46,10 @@ class RunConfig:
         for name in ("batch_size", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.embed_cache, str) and self.embed_cache.strip().lower() in ("off", "false", "no", "none", ""):
+            self.embed_cache = False
+        if self.embed_cache is True:
+            self.embed_cache = None
         if int(self.num_workers) < 0:
             raise UsageError(f"num_workers must be >= 0, got {self.num_workers}")
 

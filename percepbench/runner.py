@@ -167,6 +167,84 @@ def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, confi
     return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}
 
 
+def _embedding_path_usable(metric: DistanceMetric, task: Any, spec: MetricSpec) -> bool:
+    return bool(getattr(metric, "embeds", False)) and spec.inputs.size is not None and task.image_paths() is not None
+
+
+def compute_distances_from_embeddings(
+    metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
+    *, file_hashes: dict[str, str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Per-item distance columns for an embedding metric on a file-based task.
+
+    Each unique image file is embedded once (NIGHTS references, BAPPS patches shared across comparisons);
+    with the on-disk cache on, images already embedded under the same metric fingerprint are read from it
+    and new embeddings are added to it. ``file_hashes`` (path -> sha256) is shared across the metrics of a
+    task so each file is hashed once per run. Returns the columns and counts for the protocol.
+    """
+    from percepbench.embed_cache import EmbeddingCache, default_root, hash_files, metric_fingerprint
+
+    per_item = task.image_paths()
+    unique = list(dict.fromkeys(p for row in per_item for p in row))
+    index = {p: i for i, p in enumerate(unique)}
+    slot_of = {slot: k for k, slot in enumerate(task.slots)}
+    embeddings: list[np.ndarray | None] = [None] * len(unique)
+    stats: dict[str, Any] = {"unique_images": len(unique), "image_references": sum(len(r) for r in per_item),
+                             "from_cache": 0, "embedded": 0, "cache": None}
+    cache = None
+    if config.embed_cache is not False:
+        todo = [p for p in unique if p not in file_hashes]
+        if todo:
+            try:
+                file_hashes.update(zip(todo, hash_files(todo, workers=max(4, config.num_workers)), strict=True))
+            except OSError as exc:
+                raise DataError(f"{getattr(exc, 'filename', None) or exc}: cannot read image file ({exc})") from exc
+        memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
+        if memo is None:
+            memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args))
+            metric._percepbench_fingerprint = memo
+        fingerprint, description = memo
+        root = Path(config.embed_cache) if config.embed_cache else default_root()
+        cache = EmbeddingCache(root, fingerprint, description)
+        stats["cache"] = str(cache.dir)
+        for i, p in enumerate(unique):
+            embeddings[i] = cache.get(file_hashes[p])
+        stats["from_cache"] = sum(e is not None for e in embeddings)
+    missing = [i for i, e in enumerate(embeddings) if e is None]
+    if missing:
+        dataset = task.image_dataset([unique[i] for i in missing], spec.inputs)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
+                            pin_memory=device.type == "cuda")
+        pos = 0
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=f"{desc} (embed)", unit="batch", disable=not config.progress, leave=False):
+                emb = metric.embed_images(batch.to(device, non_blocking=True)).float().cpu().numpy()
+                for row in emb:
+                    i = missing[pos]
+                    embeddings[i] = row
+                    if cache is not None:
+                        cache.put(file_hashes[unique[i]], row)
+                    pos += 1
+        stats["embedded"] = len(missing)
+    if cache is not None:
+        stats["corrupt_entries_replaced"] = cache.corrupt
+    dims = {e.shape[0] for e in embeddings}  # type: ignore[union-attr]
+    if len(dims) > 1:
+        raise RuntimeError(f"{spec.name}: embeddings of different sizes {sorted(dims)}")
+    table = torch.from_numpy(np.stack(embeddings)) if embeddings else torch.empty(0, 0)
+    idx = torch.tensor([[index[p] for p in row] for row in per_item], dtype=torch.long).reshape(len(per_item), -1)
+    columns: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for col, a, b in task.comparisons:
+            out = []
+            for start in range(0, len(per_item), 4096):
+                ea = table[idx[start:start + 4096, slot_of[a]]].to(device)
+                eb = table[idx[start:start + 4096, slot_of[b]]].to(device)
+                out.append(metric.embedding_distance(ea, eb).float().reshape(-1).cpu())
+            columns[col] = (torch.cat(out) if out else torch.empty(0)).numpy().astype(np.float64)
+    return columns, stats
+
+
 def run(config: RunConfig) -> RunResults:
     """Run every selected metric on every selected task and write the results directory."""
     task_specs: list[TaskSpec] = TASKS.select(config.tasks)
@@ -223,11 +301,18 @@ def run(config: RunConfig) -> RunResults:
                      seed=config.seed)
         meta["task_protocols"][tspec.name] = task.protocol()
         items = task.items.reset_index(drop=True)
+        file_hashes: dict[str, str] = {}
         for mspec in metric_specs:
             t0 = time.perf_counter()
+            embedding_stats = None
             try:
                 metric = metrics[mspec.name]
-                dists = compute_distances(metric, task, mspec, config, device, f"{tspec.name} · {mspec.name}")
+                desc = f"{tspec.name} · {mspec.name}"
+                if _embedding_path_usable(metric, task, mspec):
+                    dists, embedding_stats = compute_distances_from_embeddings(
+                        metric, task, mspec, config, device, desc, file_hashes=file_hashes)
+                else:
+                    dists = compute_distances(metric, task, mspec, config, device, desc)
             except Exception as exc:  # one broken metric must not lose the others' results
                 meta["failed"].append({"task": tspec.name, "metric": mspec.name,
                                        "kind": "data" if isinstance(exc, DataError) else "failure",
@@ -252,6 +337,7 @@ def run(config: RunConfig) -> RunResults:
                 "resize": "native size" if mspec.inputs.size is None else
                           f"{mspec.inputs.size}x{mspec.inputs.size} {mspec.inputs.interpolation}",
                 "scales_used": getattr(metric, "last_scales", None),
+                "embedding": embedding_stats,
                 "seconds": round(time.perf_counter() - t0, 3),
             })
             flush()

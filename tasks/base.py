@@ -52,6 +52,18 @@ class Task:
         """How this task's images are produced and loaded (recorded in results.json)."""
         return {}
 
+    def image_paths(self) -> list[tuple[str, ...]] | None:
+        """Per item, the image file of each slot (file-based tasks), else None.
+
+        With files, the runner embeds each unique image once for embedding metrics (and uses the
+        on-disk embedding cache); tasks that generate images in memory return None.
+        """
+        return None
+
+    def image_dataset(self, paths: list[str], inputs: InputConvention) -> Dataset:
+        """One element per path: the file as uint8 (3, H, W), resized for ``inputs`` (file-based tasks)."""
+        raise NotImplementedError
+
     def item_scores(self, samples: pd.DataFrame) -> np.ndarray:
         """Per-item score (1 = correct) from the item table joined with the distance columns."""
         raise NotImplementedError

@@ -149,6 +149,19 @@ class FileTriplets(Dataset):
         return out
 
 
+class FileImages(Dataset):
+    """Element ``i``: the file ``paths[i]`` loaded as RGB and resized for ``inputs``, uint8 (3, H, W)."""
+
+    def __init__(self, paths: Sequence[str], inputs: InputConvention) -> None:
+        self.paths, self.inputs = list(paths), inputs
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return pil_to_tensor(apply_convention(load_rgb(self.paths[i]), self.inputs))
+
+
 class FileTask(Task):
     """A task whose items are image files on disk (subclasses fill ``_items`` and ``_paths`` in ``prepare``).
 
@@ -192,6 +205,14 @@ class FileTask(Task):
                     "fixed input size")
             expected = next(iter(self._sizes), None)
         return FileTriplets(self._paths, self.slots, inputs, expected)
+
+    def image_paths(self) -> list[tuple[str, ...]] | None:
+        if self._items is None:
+            raise RuntimeError("call prepare() first")
+        return list(self._paths)
+
+    def image_dataset(self, paths: list[str], inputs: InputConvention) -> Dataset:
+        return FileImages(paths, inputs)
 
     def size_summary(self) -> str:
         """``"64x64: 300 files"``-style summary of the image sizes seen in ``prepare``."""

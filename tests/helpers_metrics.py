@@ -40,3 +40,24 @@ class WithNet(DistanceMetric):
 
     def distance(self, preds, target):
         return (self.net(preds) - self.net(target)).pow(2).flatten(1).mean(1)
+
+
+class ToyEmbed(DistanceMetric):
+    """An embedding metric (per-channel mean and spread): counts how many images it embedded."""
+
+    embeds = True
+    embedded = 0  # class-wide count of images embedded, for tests
+
+    def embed(self, x):
+        type(self).embedded += x.shape[0]
+        flat = x.flatten(2)
+        return torch.cat([flat.mean(2) + 0.1, flat.std(2) + 0.05, flat.amax(2)], dim=1)
+
+    def distance(self, preds, target):
+        return self.embedding_distance(self.embed(preds), self.embed(target))
+
+
+class ToyEmbedPairwise(ToyEmbed):
+    """The same distance without the embedding path (the runner batches pairs instead)."""
+
+    embeds = False
