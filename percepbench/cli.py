@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from percepbench.errors import DataError, UsageError, WeightsError
+from percepbench.errors import DataError, OfflineError, UsageError, WeightsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -45,6 +45,56 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="do not read or write the embedding cache (each unique image is still embedded once)")
     p.add_argument("--config", "-c", help="YAML or TOML file of run settings; flags override it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write the report (figures, report.html, report.md) into <out>/report")
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write figures, report.html and report.md for a results directory",
+                       description="Build the report of a run directory (a pure function of its result files).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a results directory written by `percepbench run`")
+    p.add_argument("--out", "-o", help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--formats", default="png,svg", help="figure file formats, comma-separated (png, svg, pdf)")
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="gate on regressions between a baseline run and a new run",
+        description="Align the records of two runs by task, subset, metric and measure, and flag a regression "
+                    "when a score drops by more than --max-drop points AND the drop is significant at --alpha "
+                    "(paired on per-item samples when both runs have them). Exit 0: no regression; 1: a "
+                    "regression or a baseline row missing from the new run; 2: incompatible or unreadable "
+                    "inputs. The Markdown summary is appended to $GITHUB_STEP_SUMMARY when it is set.")
+    p.add_argument("baseline", metavar="BASELINE", help="baseline run directory or results.json")
+    p.add_argument("new", metavar="NEW", help="new run directory or results.json")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="tolerated drop in points of the measure (default 1.0)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per compared row)")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown summary")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="rows of the baseline missing from the new run are not a failure")
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="download and verify the human-judgment datasets (nights, bapps, things)",
+                       description="Download (resume, verify, safe extraction) and check benchmark datasets under "
+                                   "the data root (--root, else $PERCEPBENCH_DATA, else ~/.cache/percepbench/data).")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    dsub.add_parser("list", help="the datasets, their parts, sizes and sources")
+    for name, text in (("download", "download and extract a dataset (idempotent: present parts are skipped)"),
+                       ("verify", "name every missing or unreadable file, with the command that fixes it")):
+        q = dsub.add_parser(name, help=text, description=text)
+        q.add_argument("name", metavar="NAME", help="nights, bapps or things")
+        q.add_argument("--root", help="data root (default: $PERCEPBENCH_DATA or ~/.cache/percepbench/data)")
+        q.add_argument("--parts", help="comma-separated parts (nights: csv, ref, distort, zip; bapps: jnd, "
+                                       "twoafc_val, twoafc_train, all)")
+        if name == "download":
+            q.add_argument("--keep-archives", action="store_true", help="keep the archives after extraction")
+            q.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        else:
+            q.add_argument("--deep", action="store_true", help="also decode every image and label file")
 
 
 def _add_list_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_run_parser(sub)
+    _add_report_parser(sub)
+    _add_compare_parser(sub)
     _add_list_parser(sub)
     _add_weights_parser(sub)
+    _add_data_parser(sub)
     return parser
 
 
@@ -111,9 +164,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} metric/task pair(s) failed; the others' results are complete", file=sys.stderr)
     print(f"\nresults: {results.path}")
+    report_failed = False
+    if not args.no_report:
+        from percepbench.reports import build_report
+
+        try:
+            written = build_report(results.path)
+        except Exception as exc:  # the results are written; a report problem must not hide them
+            report_failed = True
+            print(f"percepbench run: the report could not be built ({type(exc).__name__}: {exc}); the results "
+                  f"are complete, retry with `percepbench report {results.path}`", file=sys.stderr)
+        else:
+            print(f"report:  {written['html']}")
     if any(f.get("kind") == "data" for f in failed):
         return EXIT_USAGE  # bad input data (unreadable image, mixed sizes): exit 2, results so far kept
-    return EXIT_FAILURE if failed else EXIT_OK
+    return EXIT_FAILURE if failed or report_failed else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from percepbench.reports import build_report
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        written = build_report(args.run_dir, args.out, formats=formats)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"{len(written['figures'])} figure file(s) in {written['out_dir']}")
+    print(f"report: {written['html']}")
+    print(f"        {written['markdown']}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from percepbench.reports.compare import main_compare
+
+    return main_compare(args.baseline, args.new, max_drop=args.max_drop, alpha=args.alpha, junit=args.junit,
+                        markdown=args.markdown, allow_missing=args.allow_missing)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from percepbench.data import DATASETS, data_root, download_dataset, verify_dataset
+
+    if args.data_command == "list":
+        root = data_root()
+        print(f"data root: {root}")
+        for name, source in DATASETS.items():
+            present = "present" if not verify_dataset(name, root) else "missing or incomplete"
+            print(f"  {name}: {source.title} ({source.approx_size}; {present})")
+            print(f"      {source.description}")
+            parts = list(source.default_parts)
+            shown = ", ".join(parts) if len(parts) <= 6 else f"{', '.join(parts[:3])}, ... ({len(parts)} parts)"
+            groups = f"; groups: {', '.join(source.groups)}" if source.groups else ""
+            print(f"      default parts: {shown or '-'}{groups}; from {source.resolved_base_url()}")
+            print(f"      licence: {source.licence}")
+        return EXIT_OK
+    if args.data_command == "download":
+        folder = download_dataset(args.name, args.root, parts=args.parts, progress=not args.quiet,
+                                  keep_archives=args.keep_archives)
+        print(f"{args.name}: ready in {folder}")
+        return EXIT_OK
+    problems = verify_dataset(args.name, args.root, parts=args.parts, deep=args.deep)
+    for problem in problems:
+        print(f"  PROBLEM  {problem}")
+    if problems:
+        print(f"{args.name}: {len(problems)} problem(s) under {data_root(args.root)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.name}: ok under {data_root(args.root)}")
+    return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -207,14 +324,19 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with 2
-    handler = {"run": cmd_run, "list": cmd_list, "weights": cmd_weights}[args.command]
+    handler = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
+               "weights": cmd_weights, "data": cmd_data}[args.command]
     try:
         return handler(args)
     except (UsageError, DataError) as exc:
         print(f"percepbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except WeightsError as exc:  # missing/corrupt weights, offline mode: the message lists files and URLs
-        print(f"percepbench {args.command}: weights: {exc}", file=sys.stderr)
+    except OfflineError as exc:  # offline mode: the message lists every file, URL and destination
+        print(f"percepbench {args.command}: offline: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except WeightsError as exc:  # missing/corrupt weights or a failed download: the message lists files and URLs
+        label = "download" if args.command == "data" else "weights"
+        print(f"percepbench {args.command}: {label}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("percepbench: interrupted; results written so far are kept", file=sys.stderr)

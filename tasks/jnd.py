@@ -24,7 +24,8 @@ and paired comparisons between metrics use a paired bootstrap of the AP differen
 permutation test (:func:`percepbench.stats.paired_statistic_comparison`). Scores per subset, plus ``all``
 = the AP over the union of the subsets' pairs when there are several.
 
-``bapps_jnd`` data: ``<data_root>/bapps/dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy``
+``bapps_jnd`` data: ``<data_root>/bapps/dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy`` (what
+``percepbench data download bapps`` writes; the data root defaults as in :func:`percepbench.data.data_root`)
 (subsets ``traditional`` and ``cnn``), or ``root=`` pointing at the folder that holds ``jnd/``. Files pair
 by stem across the three folders; ``same/<stem>.npy`` holds one number in [0, 1].
 """
@@ -37,6 +38,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from percepbench.data import data_root as default_data_root
+from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
@@ -158,25 +161,29 @@ class BAPPSJND(FileJNDTask):
         self.subsets = list(dict.fromkeys(chosen))
         self.root = None if root in (None, "") else str(root)
 
-    def _dataset_root(self, data_root: str | None) -> Path:
+    def _dataset_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
+        """(folder holding jnd/, data root it sits in or None, note on where it came from)."""
         if self.root is not None:
-            return Path(self.root).expanduser()
-        if not data_root:
-            raise DataError(f"bapps_jnd: no data root given (BAPPS is read from <data root>/bapps/dataset). "
-                            f"{HOW_TO_GET}")
-        return Path(data_root).expanduser() / "bapps" / "dataset"
+            root = Path(self.root).expanduser()
+            base = root.parent.parent if root.name == "dataset" and root.parent.name == "bapps" else None
+            return root, base, ""
+        base = default_data_root(data_root)
+        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
+        return base / "bapps" / "dataset", base, note
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root = self._dataset_root(data_root)
+        root, data_base, note = self._dataset_root(data_root)
+        hint = (HOW_TO_GET if data_base is None
+                else f"Run `{download_command('bapps', data_base, ['jnd'])}` to download it. {HOW_TO_GET}")
         base = root / "jnd" / "val"
         if not base.is_dir():
-            raise DataError(f"{base}: BAPPS JND folder not found. {HOW_TO_GET}")
+            raise DataError(f"{base}: BAPPS JND folder not found{note}. {hint}")
         rows, paths = [], []
         for subset in self.subsets:
             folder = base / subset
             if not folder.is_dir():
-                raise DataError(f"{folder}: BAPPS JND subset folder not found. {HOW_TO_GET}")
+                raise DataError(f"{folder}: BAPPS JND subset folder not found. {hint}")
             found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in JND_FOLDERS}
             found["same"] = _stems(folder / "same", (".npy",))
             all_stems = set().union(*found.values())

@@ -78,12 +78,17 @@ def shared_fixtures_stay_untouched():
 
 @pytest.fixture(scope="session", autouse=True)
 def private_caches(tmp_path_factory):
-    """No test reads or writes the user's caches: torch hub (torchvision trunks) and percepbench weights
-    live in temporary folders for the whole session."""
+    """No test reads or writes the user's caches: torch hub (torchvision trunks), percepbench weights and
+    embeddings, and the default data root (under XDG_CACHE_HOME) live in temporary folders for the whole
+    session; a PERCEPBENCH_DATA or PERCEPBENCH_EMBED_CACHE of the user is ignored."""
     root = tmp_path_factory.mktemp("caches")
-    saved = {k: os.environ.get(k) for k in ("TORCH_HOME", "PERCEPBENCH_CACHE")}
+    names = ("TORCH_HOME", "PERCEPBENCH_CACHE", "XDG_CACHE_HOME", "PERCEPBENCH_DATA", "PERCEPBENCH_EMBED_CACHE")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["TORCH_HOME"] = str(root / "torch")
     os.environ["PERCEPBENCH_CACHE"] = str(root / "percepbench")
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
+    os.environ.pop("PERCEPBENCH_DATA", None)
+    os.environ.pop("PERCEPBENCH_EMBED_CACHE", None)
     yield root
     for key, value in saved.items():
         if value is None:
