@@ -12,22 +12,25 @@ scored like every 2AFC task.
 ``p1`` (image paths, relative to the CSV's folder or absolute) and ``same`` (fraction of judges who found
 the two images the same, in [0, 1]); optional ``subset`` and ``item``. ``d = d(p0, p1)``, scored by the
 VOC-style average precision of :mod:`percepbench.tasks.jnd`.
+
+Both also read Parquet, JSON Lines, Arrow and ``datasets.save_to_disk`` folders, and Hub datasets
+(``path=hf://datasets/<owner>/<name>``, option ``split=``), through Hugging Face ``datasets``; image columns
+may then hold images instead of paths (see :mod:`percepbench.user_tables`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
 
-from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
 from percepbench.tasks.base import TwoAFCTask
-from percepbench.tasks.files import FileTask, numeric_column, read_csv
+from percepbench.tasks.files import FileTask, numeric_column
 from percepbench.tasks.jnd import JNDTask
+from percepbench.user_tables import HUB_PREFIX, check_columns, image_column_paths, load_table
 
 
 class CSVItems(FileTask):
@@ -39,22 +42,28 @@ class CSVItems(FileTask):
     label_text: ClassVar[str] = ""
     comparisons_text: ClassVar[str] = ""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, split: str | None = None) -> None:
         super().__init__()
         if path in (None, ""):
             raise ValueError(f"{self.task_name} needs path=<CSV file> (columns "
                              f"{','.join((*self.image_columns, self.label))}; optional subset, item)")
         self.path = str(path)
+        self.split = None if split in (None, "") else str(split)
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        csv = Path(self.path).expanduser()
-        items, paths = read_item_csv(csv, self.image_columns, self.label)
-        self._finish(items, paths, what=f"{self.task_name} ({csv})", num_workers=num_workers)
+        from percepbench.data import data_root as default_data_root
+
+        frame, base, kind = load_table(self.path, split=self.split)
+        what = self.path if self.path.startswith(HUB_PREFIX) else str(Path(self.path).expanduser())
+        items, paths = items_from_table(frame, self.image_columns, self.label, base=base, what=what,
+                                        images_root=default_data_root(data_root) / "user_images")
+        self._finish(items, paths, what=f"{self.task_name} ({what})", num_workers=num_workers)
         self._protocol = {
-            "dataset": "user CSV",
-            "csv": str(csv),
-            "root": str(csv.resolve().parent),
+            "dataset": kind,
+            "source": what,
+            "split": self.split,
+            "root": str(base) if base is not None else None,
             "filters": "none",
             "label": self.label_text,
             "comparisons": self.comparisons_text,
@@ -77,27 +86,29 @@ class CSVJND(CSVItems, JNDTask):
     comparisons_text = "d = d(p0, p1)"
 
 
-def read_item_csv(csv: Path, image_columns: tuple[str, ...], label: str) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
-    """Items and absolute image paths of a user CSV; :class:`DataError` naming the file and lines on bad input."""
-    frame = read_csv(csv, (*image_columns, label))
-    values = numeric_column(frame, label, csv, lo=0.0, hi=1.0)
-    for col in image_columns:
-        empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
-        if empty.any():
-            raise DataError(f"{csv}: column {col!r} is empty on line(s) "
-                            + ", ".join(str(i + 2) for i in list(frame.index[empty.to_numpy()])[:5]))
-    base = csv.resolve().parent
+def items_from_table(frame: pd.DataFrame, image_columns: tuple[str, ...], label: str, *, base: Path | None,
+                     what: str, images_root: Path) -> tuple[pd.DataFrame, list[tuple[str, ...]]]:
+    """Items and absolute image paths of a user table; :class:`DataError` naming the file and rows on bad input."""
+    check_columns(frame, (*image_columns, label), what)
+    values = numeric_column(frame.reset_index(drop=True), label, Path(what), lo=0.0, hi=1.0)
+    frame = frame.reset_index(drop=True)
+    files = {col: image_column_paths(frame, col, base=base, images_root=images_root, what=what)
+             for col in image_columns}
     items = pd.DataFrame({
         "item": (frame["item"].astype(str) if "item" in frame.columns
                  else pd.Series([f"line{i + 2}" for i in frame.index])).to_numpy(),
         "subset": (frame["subset"].astype(str) if "subset" in frame.columns
                    else pd.Series(["all"] * len(frame))).to_numpy(),
         label: values.to_numpy(),
-        **{col: frame[col].astype(str).str.strip().to_numpy() for col in image_columns},
+        **{col: [_shown(v, f) for v, f in zip(frame[col].tolist(), files[col], strict=True)] for col in image_columns},
     })
-    paths = [tuple(os.path.join(base, f) for f in row)
-             for row in zip(*(items[col] for col in image_columns), strict=True)]
+    paths = list(zip(*(files[col] for col in image_columns), strict=True))
     return items, paths
+
+
+def _shown(value: object, file: str) -> str:
+    """What the items table shows for an image: the path as written, or the stored file for embedded images."""
+    return file if isinstance(value, dict) else str(value).strip()
 
 
 register_task(TaskSpec(

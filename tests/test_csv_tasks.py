@@ -58,7 +58,7 @@ def test_scores_by_hand_with_subsets(capsys, tmp_path, clean_env, toy):
                     "all": pytest.approx((275 / 3, 3))}
     assert res.samples["item"].tolist() == ["line2", "line3", "line4"]
     assert res.samples["d1"].to_numpy() == pytest.approx([50 / 255, 5 / 255, 10 / 255])
-    assert res.meta["task_protocols"]["2afc_csv"]["csv"] == str(csv)
+    assert res.meta["task_protocols"]["2afc_csv"]["source"] == str(csv)
 
 
 def test_without_subset_column_one_pooled_record(capsys, tmp_path, clean_env, toy):
@@ -94,4 +94,4 @@ def test_path_is_required_and_must_exist(capsys, tmp_path, clean_env, toy):
     missing = tmp_path / "nope.csv"
     code, _, err = run(capsys, "-m", toy, "-t", "2afc_csv", "--task-args", f"2afc_csv:path={missing}",
                        "-o", str(tmp_path / "r2"))
-    assert code == 2 and f"{missing}: CSV file not found" in err
+    assert code == 2 and f"{missing}: judgment table not found" in err
