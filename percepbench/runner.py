@@ -154,7 +154,7 @@ def weight_hashes(spec: MetricSpec) -> list[dict[str, Any]]:
 def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig,
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
-    dataset = task.dataset(spec.inputs)
+    dataset = task.dataset(task.inputs_for(spec.inputs))
     workers = 0 if getattr(task, "in_memory", False) else config.num_workers
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
@@ -212,7 +212,7 @@ def compute_distances_from_embeddings(
         stats["from_cache"] = sum(e is not None for e in embeddings)
     missing = [i for i, e in enumerate(embeddings) if e is None]
     if missing:
-        dataset = task.image_dataset([unique[i] for i in missing], spec.inputs)
+        dataset = task.image_dataset([unique[i] for i in missing], task.inputs_for(spec.inputs))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda")
         pos = 0
@@ -331,11 +331,13 @@ def run(config: RunConfig) -> RunResults:
             samples.append(frame)
             for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot):
                 records.append({"task": tspec.name, "metric": mspec.name, **rec})
+            loaded = task.inputs_for(mspec.inputs)
             meta["protocol"].append({
                 "task": tspec.name, "metric": mspec.name,
-                "inputs": mspec.inputs.to_dict(),
-                "resize": "native size" if mspec.inputs.size is None else
-                          f"{mspec.inputs.size}x{mspec.inputs.size} {mspec.inputs.interpolation}",
+                "inputs": loaded.to_dict(),
+                "resize": ("native size" if loaded.size is None else
+                           f"{loaded.size}x{loaded.size} {loaded.interpolation}")
+                          + (" (the task's official protocol)" if loaded != mspec.inputs else ""),
                 "scales_used": getattr(metric, "last_scales", None),
                 "embedding": embedding_stats,
                 "seconds": round(time.perf_counter() - t0, 3),

@@ -12,8 +12,9 @@ score ``1 - p`` if d0 < d1, ``p`` if d1 < d0, 0.5 on an exact tie. Subsets are t
 (val: traditional, cnn, superres, deblur, color, frameinterp; train: traditional, cnn, mix), every one by
 default; the pooled record ``all`` is the mean over every scored triplet.
 
-Patches are 64x64: a metric without a fixed input size gets them at native size (the official LPIPS
-protocol's 64x64), one with a fixed size gets them resized to it (e.g. DreamSim 224 bicubic).
+Patches are 64x64: a metric without a fixed input size gets them loaded at 64x64 bilinear, the official
+LPIPS protocol (a no-op on the official patches; recorded per metric in ``meta.protocol``); one with a fixed
+size gets them resized to it (e.g. DreamSim 224 bicubic).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def read_judge(path: Path) -> float:
 
 class BAPPS2AFC(FileTwoAFCTask):
     """BAPPS 2AFC (human judgments): triplets paired by stem, label from ``judge/*.npy``; see the module docstring."""
+
+    native_load = (64, "bilinear")  # official LPIPS protocol for metrics without a fixed input size
 
     slots = ("ref", "p0", "p1")
     comparisons = (("d0", "ref", "p0"), ("d1", "ref", "p1"))

@@ -52,6 +52,14 @@ class Task:
         """How this task's images are produced and loaded (recorded in results.json)."""
         return {}
 
+    def inputs_for(self, inputs: InputConvention) -> InputConvention:
+        """The loading convention this task uses for a metric with convention ``inputs`` (default: as is).
+
+        A benchmark whose official protocol fixes a load size for metrics that take native-size images
+        (BAPPS: 64x64 bilinear, as in the LPIPS evaluation) returns that here; the runner records it.
+        """
+        return inputs
+
     def image_paths(self) -> list[tuple[str, ...]] | None:
         """Per item, the image file of each slot (file-based tasks), else None.
 

@@ -12,13 +12,14 @@ it; a metric that takes native-size images gets the files as they are, so when t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -166,8 +167,17 @@ class FileTask(Task):
     """A task whose items are image files on disk (subclasses fill ``_items`` and ``_paths`` in ``prepare``).
 
     Slots, comparisons and scoring come from the task kind it is mixed with (:class:`FileTwoAFCTask`,
-    the JND tasks).
+    the JND tasks). ``native_load = (size, interpolation)`` makes metrics without a fixed input size get
+    the files resized to that size (the benchmark's official protocol) instead of at native size.
     """
+
+    native_load: ClassVar[tuple[int, str] | None] = None
+
+    def inputs_for(self, inputs: InputConvention) -> InputConvention:
+        if inputs.size is None and self.native_load is not None:
+            size, interpolation = self.native_load
+            return dataclasses.replace(inputs, size=size, interpolation=interpolation)
+        return inputs
 
     def __init__(self) -> None:
         self._items: pd.DataFrame | None = None

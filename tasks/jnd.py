@@ -151,6 +151,8 @@ class FileJNDTask(FileTask, JNDTask):
 class BAPPSJND(FileJNDTask):
     """BAPPS JND pairs, paired by stem across ``p0``, ``p1`` and ``same``; see the module docstring."""
 
+    native_load = (64, "bilinear")  # official LPIPS protocol for metrics without a fixed input size
+
     def __init__(self, subsets: str | list[str] | None = None, root: str | None = None) -> None:
         super().__init__()
         chosen = split_list(subsets) or list(JND_SUBSETS)

@@ -183,6 +183,9 @@ def test_bapps_jnd_scores_by_hand(capsys, tmp_path, clean_env, toy):
     assert row["diff"] == pytest.approx(sign * (100 * 2 / 3 - flipped))
     proto = res.meta["task_protocols"]["bapps_jnd"]
     assert proto["items"] == 5 and "average precision" in proto["measure"]
+    # metrics without a fixed input size get BAPPS at 64x64 bilinear (the LPIPS protocol), recorded
+    (row,) = [p for p in res.meta["protocol"] if p["metric"] == "toy-meanabs"]
+    assert row["resize"] == "64x64 bilinear (the task's official protocol)" and row["inputs"]["size"] == 64
 
 
 def test_bapps_jnd_bad_data_names_the_file(capsys, tmp_path, clean_env, toy):
