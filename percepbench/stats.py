@@ -152,3 +152,56 @@ def paired_statistic_comparison(
     exceed = sum(abs(statistic(everything, rng.integers(0, 2, size=n).astype(bool))) >= abs(observed) - 1e-12
                  for _ in range(n_perm))
     return {"diff": observed, "ci_low": lo, "ci_high": hi, "p_value": (1 + int(exceed)) / (1 + n_perm)}
+
+
+# --- JND: VOC-style average precision (see percepbench.tasks.jnd for the protocol) -----------------
+def jnd_average_precision(distances: np.ndarray, same: np.ndarray) -> float:
+    """VOC-style AP of "same" ranked by ascending distance, soft labels, tied distances as one threshold.
+
+    Returns a fraction in [0, 1]; NaN when no rater ever answered "same" (recall is undefined).
+
+    >>> jnd_average_precision(np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 1.0]))  # 1 * 1/2 + 2/3 * 1/2
+    0.8333333333333333
+    >>> jnd_average_precision(np.array([0.1, 0.1]), np.array([1.0, 0.0]))  # a tie: one threshold
+    0.5
+    """
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    s = np.asarray(same, dtype=np.float64).reshape(-1)
+    if d.shape != s.shape:
+        raise ValueError(f"distances and labels must have the same length, got {d.size} and {s.size}")
+    if np.any(np.isnan(d)):
+        raise ValueError("JND distances contain NaN")
+    if np.any((s < 0) | (s > 1)) or np.any(np.isnan(s)):
+        raise ValueError("JND labels (fraction answering 'same') must lie in [0, 1]")
+    total = s.sum()
+    if d.size == 0 or total <= 0:
+        return float("nan")
+    order = np.argsort(d, kind="stable")
+    d, s = d[order], s[order]
+    tp, fp = np.cumsum(s), np.cumsum(1.0 - s)
+    last_of_tie = np.append(d[1:] != d[:-1], True)  # evaluate only after a whole group of tied distances
+    tp, fp = tp[last_of_tie], fp[last_of_tie]
+    recall = tp / total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    changed = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
+
+
+def paired_ap_comparison(d_a: np.ndarray, d_b: np.ndarray, same: np.ndarray, *, n_boot: int = DEFAULT_BOOTSTRAP,
+                         seed: int = 0) -> dict[str, float]:
+    """JND AP of distances ``d_a`` minus AP of ``d_b`` on the same pairs (labels ``same``), in points.
+
+    Paired bootstrap CI and a per-pair swap permutation p-value (:func:`paired_statistic_comparison`).
+    """
+    d_a, d_b = np.asarray(d_a, np.float64).reshape(-1), np.asarray(d_b, np.float64).reshape(-1)
+    s = np.asarray(same, np.float64).reshape(-1)
+
+    def diff(idx: np.ndarray, swap: np.ndarray) -> float:
+        x, y = np.where(swap, d_b, d_a)[idx], np.where(swap, d_a, d_b)[idx]
+        return (jnd_average_precision(x, s[idx]) - jnd_average_precision(y, s[idx])) * 100.0
+
+    return paired_statistic_comparison(diff, d_a.size, n_boot=n_boot, n_perm=n_boot, seed=seed)

@@ -61,7 +61,9 @@ import pandas as pd
 
 from percepbench.errors import DataError, PercepbenchError, UsageError
 from percepbench.results import RESULTS_FILE, RunResults, load_results
-from percepbench.stats import paired_comparison
+from percepbench.stats import paired_ap_comparison, paired_comparison
+
+JND_MEASURE = "jnd_map"  # set-level AP: paired on the per-item distances, not on per-item scores
 
 KEY = ["task", "subset", "metric", "measure"]
 ROW_COLUMNS = [*KEY, "baseline", "new", "delta", "ci_low", "ci_high", "p_value", "n", "method", "status",
@@ -78,7 +80,7 @@ FAILING = ("regression", "missing")
 STATUS_ORDER = {"regression": 0, "missing": 1, "improvement": 2, "new": 3, "info": 4, "ok": 5}
 
 _SAMPLE_KEYS = {"task", "metric", "item", "subset", "score"}
-_DISTANCE_COLUMN = re.compile(r"^d\d+$")  # d0, d1 (2AFC), d12, d13, d23 (odd-one-out)
+_DISTANCE_COLUMN = re.compile(r"^d\d*$")  # d (JND), d0, d1 (2AFC), d12, d13, d23 (odd-one-out)
 
 
 @dataclass
@@ -417,8 +419,8 @@ def _labels_differ(fb: pd.DataFrame, fn: pd.DataFrame, cols: list[str]) -> tuple
 
 
 def _paired(sb: _Samples, sn: _Samples, task: str, subset: str, metric: str, delta: float, *,
-            n_boot: int, seed: int) -> tuple[dict[str, float] | None, str]:
-    """Paired statistics on per-item scores, or (None, why not)."""
+            n_boot: int, seed: int, measure: str = "") -> tuple[dict[str, float] | None, str]:
+    """Paired statistics on per-item scores (or, for JND, on the AP of the per-item distances), or (None, why not)."""
     fb, fn = sb.get(task, metric, subset), sn.get(task, metric, subset)
     if fb is None and fn is None:
         return None, ""
@@ -438,8 +440,13 @@ def _paired(sb: _Samples, sn: _Samples, task: str, subset: str, metric: str, del
     n_bad, which = _labels_differ(fb, fn, cols)
     if n_bad:
         return None, f"labels differ on {n_bad} of {len(fb)} items ({', '.join(which)})"
-    r = paired_comparison(fn["score"].to_numpy(np.float64) * 100, fb["score"].to_numpy(np.float64) * 100,
-                          n_boot=n_boot, seed=seed)
+    if measure == JND_MEASURE and {"d", "same"} <= set(fb.columns) & set(fn.columns):
+        # AP is set-level (per-item scores are NaN): paired bootstrap of AP(new) - AP(baseline) on the same pairs
+        r = paired_ap_comparison(fn["d"].to_numpy(np.float64), fb["d"].to_numpy(np.float64),
+                                 fn["same"].to_numpy(np.float64), n_boot=n_boot, seed=seed)
+    else:
+        r = paired_comparison(fn["score"].to_numpy(np.float64) * 100, fb["score"].to_numpy(np.float64) * 100,
+                              n_boot=n_boot, seed=seed)
     if not math.isclose(r["diff"], delta, rel_tol=1e-6, abs_tol=1e-6):
         return None, "samples do not reproduce the records' values"
     return {**r, "n": len(fb)}, ""
@@ -547,7 +554,7 @@ def compare_runs(
         vb, vn = _float(rb["value"]), _float(rn["value"])
         delta = vn - vb
         task, subset, metric, measure = key
-        stats, why = _paired(sb, sn, task, subset, metric, delta, n_boot=n_boot, seed=seed)
+        stats, why = _paired(sb, sn, task, subset, metric, delta, n_boot=n_boot, seed=seed, measure=measure)
         if stats is not None:
             method, count = "paired", stats["n"]
         else:

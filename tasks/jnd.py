@@ -43,49 +43,13 @@ from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
-from percepbench.stats import bootstrap_statistic_ci, paired_statistic_comparison
+from percepbench.stats import bootstrap_statistic_ci, jnd_average_precision, paired_ap_comparison
 from percepbench.tasks.bapps import HOW_TO_GET, IMAGE_SUFFIXES, _stems
 from percepbench.tasks.base import ALL_SUBSET, Task
 from percepbench.tasks.files import FileTask, listed, split_list
 
 JND_SUBSETS = ("traditional", "cnn")
 JND_FOLDERS = ("p0", "p1")
-
-
-def jnd_average_precision(distances: np.ndarray, same: np.ndarray) -> float:
-    """VOC-style AP of "same" ranked by ascending distance, soft labels, tied distances as one threshold.
-
-    Returns a fraction in [0, 1]; NaN when no rater ever answered "same" (recall is undefined).
-
-    >>> jnd_average_precision(np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 1.0]))  # 1 * 1/2 + 2/3 * 1/2
-    0.8333333333333333
-    >>> jnd_average_precision(np.array([0.1, 0.1]), np.array([1.0, 0.0]))  # a tie: one threshold
-    0.5
-    """
-    d = np.asarray(distances, dtype=np.float64).reshape(-1)
-    s = np.asarray(same, dtype=np.float64).reshape(-1)
-    if d.shape != s.shape:
-        raise ValueError(f"distances and labels must have the same length, got {d.size} and {s.size}")
-    if np.any(np.isnan(d)):
-        raise ValueError("JND distances contain NaN")
-    if np.any((s < 0) | (s > 1)) or np.any(np.isnan(s)):
-        raise ValueError("JND labels (fraction answering 'same') must lie in [0, 1]")
-    total = s.sum()
-    if d.size == 0 or total <= 0:
-        return float("nan")
-    order = np.argsort(d, kind="stable")
-    d, s = d[order], s[order]
-    tp, fp = np.cumsum(s), np.cumsum(1.0 - s)
-    last_of_tie = np.append(d[1:] != d[:-1], True)  # evaluate only after a whole group of tied distances
-    tp, fp = tp[last_of_tie], fp[last_of_tie]
-    recall = tp / total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    changed = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
 
 
 def read_fraction(path: Path, what: str) -> float:
@@ -134,14 +98,8 @@ class JNDTask(Task):
 
     def compare(self, a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
         """AP(a) - AP(b) in points on the same pairs: paired bootstrap CI, per-pair swap permutation p-value."""
-        da, db = a["d"].to_numpy(dtype=np.float64), b["d"].to_numpy(dtype=np.float64)
-        s = a["same"].to_numpy(dtype=np.float64)
-
-        def diff(idx: np.ndarray, swap: np.ndarray) -> float:
-            x, y = np.where(swap, db, da)[idx], np.where(swap, da, db)[idx]
-            return (jnd_average_precision(x, s[idx]) - jnd_average_precision(y, s[idx])) * 100.0
-
-        return paired_statistic_comparison(diff, len(da), n_boot=n_boot, n_perm=n_boot, seed=seed)
+        return paired_ap_comparison(a["d"].to_numpy(dtype=np.float64), b["d"].to_numpy(dtype=np.float64),
+                                    a["same"].to_numpy(dtype=np.float64), n_boot=n_boot, seed=seed)
 
 
 class FileJNDTask(FileTask, JNDTask):

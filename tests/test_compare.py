@@ -489,3 +489,36 @@ def test_bad_options_exit_2(baseline, capsys):
 def test_reports_do_not_import_torch():
     code = "import sys, percepbench.reports.compare; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _jnd_run(path: Path, d: np.ndarray, same: np.ndarray) -> Path:
+    """A JND run as the runner writes it: AP records (set-level), per-item distances, NaN item scores."""
+    from percepbench.tasks.jnd import JNDTask
+
+    items = [f"jnd/{k:04d}" for k in range(d.size)]
+    samples = pd.DataFrame({"task": "toyjnd", "metric": "m", "item": items, "subset": "traditional",
+                            "same": same, "d": d, "score": np.nan})
+    records = pd.DataFrame([{"task": "toyjnd", "metric": "m", **r}
+                            for r in JNDTask().score(samples, n_boot=N_BOOT)])
+    meta = make_meta(tasks={"toyjnd": {"name": "toyjnd", "target": "x", "kwargs": {}, "measure": "jnd_map"}})
+    write_results(path, RunResults(meta=meta, records=records, samples=samples))
+    return path
+
+
+def test_jnd_runs_pair_on_distances(tmp_path):
+    """JND AP is set-level: compare pairs the runs on per-item distances (bootstrap of the AP difference)."""
+    from percepbench.stats import paired_ap_comparison
+
+    rng = np.random.default_rng(3)
+    same = (rng.random(400) < 0.5).astype(float)
+    good = np.where(same > 0, rng.random(400) * 0.6, 0.4 + rng.random(400) * 0.6)
+    worse = np.where(rng.random(400) < 0.5, rng.random(400), good)  # half the pairs get random distances
+    base = _jnd_run(tmp_path / "base", good, same)
+    same_again = compare_runs(base, _jnd_run(tmp_path / "same", good, same))
+    assert same_again.exit_code == 0 and set(same_again.rows["method"]) == {"paired"}
+    c = compare_runs(base, _jnd_run(tmp_path / "worse", worse, same))
+    (r,) = c.rows.itertuples()
+    want = paired_ap_comparison(worse, good, same, n_boot=2000, seed=0)
+    assert r.method == "paired" and r.status == "regression" and c.exit_code == 1
+    assert r.delta == pytest.approx(want["diff"]) and r.p_value == pytest.approx(want["p_value"])
+    assert r.ci_low == pytest.approx(want["ci_low"]) and r.delta < -5
