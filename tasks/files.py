@@ -235,9 +235,11 @@ class FileTask(Task):
             "items_per_subset": {} if self._items is None else
             {str(k): int(v) for k, v in self._items["subset"].value_counts(sort=False).items()},
             "image_sizes": self.size_summary(),
-            "resize": "per metric: its fixed input size and interpolation (PIL) when it has one, else the "
-                      "files at native size (then all images must share one size); recorded per metric in "
-                      "meta.protocol",
+            "resize": "per metric: its fixed input size and interpolation (PIL) when it has one, else "
+                      + (f"{self.native_load[0]}x{self.native_load[0]} {self.native_load[1]} (the benchmark's "
+                         "official protocol)" if self.native_load else
+                         "the files at native size (then all images must share one size)")
+                      + "; recorded per metric in meta.protocol",
         }
 
 
