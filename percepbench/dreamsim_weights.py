@@ -4,6 +4,9 @@ The cache keeps the official layout, so a directory filled by ``pip install drea
 each variant's release zip (saved as ``dreamsim_<variant>_checkpoint.zip``) is extracted into the cache
 directory (its LoRA folder and, for CLIP/OpenCLIP/SynCLR, the backbone file); DINO and DINOv2 backbones
 come from Meta's servers into ``checkpoints/``, where ``torch.hub`` puts them for the official package.
+The zero-shot-only backbones that no DreamSim release ships (OpenAI CLIP and OpenCLIP ViT-L/14, MAE
+ViT-B/16) come as safetensors from timm's Hugging Face repos (``main`` branch) into
+``timm/<repo>/<file>`` (see ``BACKBONES`` in :mod:`percepbench.models.vit`).
 Upstream publishes no checksums: the sha256 of each file is recorded at first download and checked on
 every later load.
 """
@@ -18,7 +21,8 @@ from percepbench.specs import WeightFile
 
 
 def backbone_weight_files(backbones: Sequence[str], *, lora_variant: str | None = None) -> tuple[WeightFile, ...]:
-    """Files for ``backbones``: torch-hub files, and the release zips that carry the others.
+    """Files for ``backbones``: direct downloads (torch-hub and Hugging Face files), and the release zips
+    that carry the others.
 
     With ``lora_variant``, that variant's zip is included too, and must yield its LoRA folder.
     """

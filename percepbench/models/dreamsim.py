@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from percepbench.errors import WeightsError
-from percepbench.models.vit import BACKBONES, IMAGE_SIZE, Backbone, Feature
+from percepbench.models.vit import BACKBONES, IMAGE_SIZE, Backbone, Feature, read_checkpoint
 
 RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
 
@@ -159,7 +159,7 @@ class DreamSimModel(nn.Module):
 
     # -- weights --------------------------------------------------------------------------------
     def load_backbones(self, cache_dir: str | Path) -> None:
-        """Load every backbone from its official file in ``cache_dir`` (``weights_only=True``).
+        """Load every backbone from its official file in ``cache_dir`` (``weights_only=True`` or safetensors).
 
         Files that came out of a release zip are checked against the sha256 recorded at their first load
         (torch-hub files are verified by the weights manager when fetched).
@@ -173,9 +173,9 @@ class DreamSimModel(nn.Module):
             if backbone.cfg.checkpoint_url is None:
                 verify_file(path)
             try:
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise WeightsError(f"{path}: cannot load checkpoint with weights_only=True ({exc})") from exc
+                raw = read_checkpoint(backbone.cfg, path)
+            except ValueError as exc:
+                raise WeightsError(f"{path}: {exc}") from exc
             try:
                 backbone.load_checkpoint(raw)
             except ValueError as exc:

@@ -3,7 +3,9 @@ checkpoint format.
 
 Every released DreamSim backbone is a ViT-Base (width 768, depth 12, 12 heads, MLP 3072, fused ``qkv``
 with bias, CLS token at position 0, learned absolute position embeddings, 224-px input); the zero-shot
-baselines add DINO ViT-S/8, ViT-S/16 (width 384, 6 heads) and ViT-B/8. They differ in:
+baselines add DINO ViT-S/8, ViT-S/16 (width 384, 6 heads) and ViT-B/8, OpenAI CLIP and OpenCLIP ViT-L/14
+(width 1024, depth 24, 16 heads, MLP 4096, 768-d projection, no patch-embedding bias) and MAE ViT-B/16.
+They differ in:
 
 ==================  =========  ==========  =========  ======  ===========  ======================
 backbone            patch      activation  LN eps     ln_pre  LayerScale   normalisation
@@ -13,6 +15,9 @@ dinov2_vitb14       14         GELU        1e-6       no      yes          Image
 synclr_vitb16       16         GELU        1e-6       no      no           ImageNet
 clip_vitb16/32      16 / 32    QuickGELU   1e-5       yes     no           OpenAI CLIP
 open_clip_vitb16/32 16 / 32    GELU        1e-5       yes     no           OpenAI CLIP
+clip_vitl14         14         QuickGELU   1e-5       yes     no           OpenAI CLIP
+open_clip_vitl14    14         GELU        1e-5       yes     no           OpenAI CLIP
+mae_vitb16          16         GELU        1e-6       no      no           ImageNet
 ==================  =========  ==========  =========  ======  ===========  ======================
 
 OpenCLIP uses the *exact* GELU although its weights were trained with QuickGELU: DreamSim's LoRA was
@@ -21,10 +26,26 @@ official checkpoints use; only ``pos_drop`` (the official name of CLIP's ``ln_pr
 ``norm_pre``, and DINOv2's 37x37 position grid is interpolated to 16x16 once, at load time, with the
 DINOv2 hub formula (bicubic, scale factor (16 + 0.1) / 37, no antialiasing).
 
+The ViT-L/14 CLIP and the MAE backbones are not in any DreamSim release: their weights come as safetensors
+from the timm Hugging Face repos, in two more layouts (read only with ``safetensors``, see
+:func:`read_checkpoint`):
+
+- ``open_clip``: a whole open_clip ``CLIP`` state dict (``open_clip_model.safetensors``). Only the
+  ``visual.*`` keys are read (the text tower is ignored); they must be exactly OpenCLIP's ViT names
+  (``visual.class_embedding``, ``visual.positional_embedding``, ``visual.conv1.weight``,
+  ``visual.ln_pre.*``, ``visual.transformer.resblocks.<k>.{ln_1, attn.in_proj_*, attn.out_proj, ln_2,
+  mlp.c_fc, mlp.c_proj}.*``, ``visual.ln_post.*``, ``visual.proj``), renamed to timm's as timm's own
+  OpenAI-CLIP converter does (``in_proj`` is timm's fused ``qkv`` in the same q, k, v order).
+- ``timm``: a timm ``VisionTransformer`` state dict (``model.safetensors``), loaded as it is.
+
+OpenAI CLIP ViT-L/14 uses QuickGELU (open_clip lists its ``openai`` weights with ``quick_gelu=True``);
+OpenCLIP ViT-L/14 ``laion400m_e31`` is an open_clip ``ViT-L-14`` (exact GELU) model, trained that way.
+
 Features (all from the output of block 11):
 
-- ``cls``: the CLS token **before** the final LayerNorm (DINO, DINOv2, SynCLR);
-- ``embedding``: final LayerNorm on the CLS token, then the 768x512 projection (CLIP, OpenCLIP);
+- ``cls``: the CLS token **before** the final LayerNorm (DINO, DINOv2, SynCLR, MAE);
+- ``embedding``: final LayerNorm on the CLS token, then the CLIP projection (768x512, or 1024x768 for
+  ViT-L/14) (CLIP, OpenCLIP);
 - ``cls_patch``: all tokens, before the final LayerNorm.
 """
 
@@ -33,6 +54,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -45,7 +67,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 224
 
 Feature = Literal["cls", "embedding", "cls_patch"]
-CheckpointFormat = Literal["dino_hub", "dinov2_hub", "dino_style", "synclr"]
+CheckpointFormat = Literal["dino_hub", "dinov2_hub", "dino_style", "synclr", "open_clip", "timm"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,7 @@ class BackboneConfig:
     width: int = 768
     depth: int = 12
     heads: int = 12
+    patch_bias: bool = True  # DreamSim's DINO-style CLIP files carry one; OpenAI/OpenCLIP originals have none
 
     @property
     def grid(self) -> int:
@@ -79,6 +102,16 @@ class BackboneConfig:
 
 
 _FB = "https://dl.fbaipublicfiles.com"
+_HF = "https://huggingface.co"
+
+
+def _timm_hub(repo: str, filename: str, fmt: CheckpointFormat) -> dict[str, str]:
+    """Checkpoint fields for a file of a timm Hugging Face repo: cached as ``timm/<repo>/<filename>``,
+    fetched from the repo's ``main`` branch (no revision is pinned: none is published for these files)."""
+    return {"checkpoint": f"timm/{repo}/{filename}", "checkpoint_format": fmt,
+            "checkpoint_url": f"{_HF}/timm/{repo}/resolve/main/{filename}"}
+
+
 BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
     BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
                    "checkpoints/dino_vitbase16_pretrain.pth", "dino_hub",
@@ -105,6 +138,16 @@ BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
                    "open_clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
     BackboneConfig("open_clip_vitb32", 32, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
                    "open_clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
+    # Not in any DreamSim release: the original weights, as safetensors from timm's Hugging Face repos.
+    BackboneConfig("clip_vitl14", 14, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   **_timm_hub("vit_large_patch14_clip_224.openai", "open_clip_model.safetensors", "open_clip"),
+                   proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
+    BackboneConfig("open_clip_vitl14", 14, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+                   **_timm_hub("vit_large_patch14_clip_224.laion400m_e31", "open_clip_model.safetensors",
+                               "open_clip"),
+                   proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
+    BackboneConfig("mae_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+                   **_timm_hub("vit_base_patch16_224.mae", "model.safetensors", "timm")),
 )}
 
 
@@ -112,7 +155,8 @@ def build_vit(cfg: BackboneConfig) -> nn.Module:
     """timm ViT with this backbone's architecture (random weights).
 
     timm drops the patch-embedding bias when ``pre_norm`` is set (OpenAI CLIP has none); the DINO-style
-    CLIP checkpoints DreamSim ships carry one, so the bias is restored (zero unless loaded).
+    CLIP checkpoints DreamSim ships carry one, so the bias is restored (zero unless loaded) unless the
+    config says the upstream weights have none (``patch_bias=False``).
     """
     from timm.layers import QuickGELU  # timm is imported only when a network is built
     from timm.models.vision_transformer import VisionTransformer
@@ -125,7 +169,7 @@ def build_vit(cfg: BackboneConfig) -> nn.Module:
         norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
         act_layer=QuickGELU if cfg.act == "quick_gelu" else nn.GELU,
     )
-    if vit.patch_embed.proj.bias is None:
+    if vit.patch_embed.proj.bias is None and cfg.patch_bias:
         proj = vit.patch_embed.proj
         vit.patch_embed.proj = nn.Conv2d(proj.in_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=True)
         with torch.no_grad():
@@ -153,16 +197,94 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([pe[:, :1], patches], dim=1).to(dtype)
 
 
+OPEN_CLIP_PREFIX = "visual."
+#: open_clip ViT names -> timm names, per residual block (``visual.transformer.resblocks.<k>.`` prefix)
+_OPEN_CLIP_BLOCK = {
+    "ln_1.weight": "norm1.weight", "ln_1.bias": "norm1.bias",
+    "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
+    "attn.out_proj.weight": "attn.proj.weight", "attn.out_proj.bias": "attn.proj.bias",
+    "ln_2.weight": "norm2.weight", "ln_2.bias": "norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_OPEN_CLIP_TOP = {
+    "conv1.weight": "patch_embed.proj.weight",
+    "ln_pre.weight": "norm_pre.weight", "ln_pre.bias": "norm_pre.bias",
+    "ln_post.weight": "norm.weight", "ln_post.bias": "norm.bias",
+    "class_embedding": "cls_token", "positional_embedding": "pos_embed", "proj": "proj",
+}
+
+
+def open_clip_visual_keys(cfg: BackboneConfig) -> dict[str, str]:
+    """Every ``visual.*`` key an open_clip ViT checkpoint of ``cfg`` holds, mapped to its timm name."""
+    keys = {OPEN_CLIP_PREFIX + k: v for k, v in _OPEN_CLIP_TOP.items()}
+    for i in range(cfg.depth):
+        keys.update({f"{OPEN_CLIP_PREFIX}transformer.resblocks.{i}.{k}": f"blocks.{i}.{v}"
+                     for k, v in _OPEN_CLIP_BLOCK.items()})
+    return keys
+
+
+def _from_open_clip(cfg: BackboneConfig, raw: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """open_clip ``CLIP`` state dict -> DINO/timm-style names (+ ``proj``); keys outside ``visual.`` ignored.
+
+    Strict on the vision tower: a missing or an extra ``visual.*`` key is an error naming the keys.
+    """
+    expected = open_clip_visual_keys(cfg)
+    visual = {k for k in raw if k.startswith(OPEN_CLIP_PREFIX)}
+    missing, unexpected = sorted(set(expected) - visual), sorted(visual - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{cfg.name}: open_clip checkpoint does not match a {cfg.depth}-block ViT: "
+                         f"{len(missing)} missing {missing[:6]}, {len(unexpected)} unexpected {unexpected[:6]}")
+    sd = {expected[k]: raw[k] for k in visual}
+    sd["cls_token"] = sd["cls_token"].reshape(1, 1, -1)  # (D,) upstream
+    sd["pos_embed"] = sd["pos_embed"].unsqueeze(0)  # (1 + N, D) upstream
+    return sd
+
+
+def read_checkpoint(cfg: BackboneConfig, path: str | Path) -> dict[str, Any]:
+    """Read an upstream checkpoint file without unpickling code.
+
+    ``.safetensors`` files: the header is validated first (:func:`percepbench.download.check_safetensors`);
+    for the ``open_clip`` layout only the ``visual.*`` tensors are read (the text tower, about 30% of the
+    file, is never loaded). Other files: ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        ValueError: the file cannot be read this way (the caller names the file).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot load checkpoint with weights_only=True ({exc})") from exc
+    from safetensors import safe_open
+
+    from percepbench.download import check_safetensors
+
+    check_safetensors(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = f.keys()  # a list: safe_open is not iterable like a dict
+            keys = [k for k in names
+                    if cfg.checkpoint_format != "open_clip" or k.startswith(OPEN_CLIP_PREFIX)]
+            return {k: f.get_tensor(k) for k in keys}
+    except Exception as exc:
+        raise ValueError(f"unreadable safetensors file ({exc})") from exc
+
+
 def convert_checkpoint(cfg: BackboneConfig, raw: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Upstream checkpoint object -> (timm state dict, projection or None).
 
     Formats: ``dino_hub`` (plain DINO state dict), ``dinov2_hub`` (plain, with ``mask_token`` and a 37x37
     grid), ``dino_style`` (``{"state_dict": DINO-style names + "proj"}``, CLIP/OpenCLIP), ``synclr``
-    (``{"model": {"module.visual.<name>": ...}}``).
+    (``{"model": {"module.visual.<name>": ...}}``), ``open_clip`` (a whole open_clip ``CLIP`` state dict;
+    only ``visual.*`` is used, see :func:`open_clip_visual_keys`), ``timm`` (timm names as they are).
     """
     if not isinstance(raw, dict):
         raise ValueError(f"{cfg.name}: checkpoint is a {type(raw).__name__}, expected a dict")
-    if cfg.checkpoint_format == "dino_style":
+    if cfg.checkpoint_format == "open_clip":
+        sd = _from_open_clip(cfg, raw)
+    elif cfg.checkpoint_format == "dino_style":
         if "state_dict" not in raw:
             raise ValueError(f"{cfg.name}: checkpoint has no 'state_dict' key (keys: {sorted(raw)[:5]})")
         sd = dict(raw["state_dict"])
