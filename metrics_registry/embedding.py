@@ -1,10 +1,12 @@
 """Zero-shot embedding baselines of the DreamSim paper: ``1 - cosine`` of pretrained backbone features.
 
 They reuse DreamSim's backbones and weight files without LoRA: DINO ViT-S/8, S/16, B/8, B/16, DINOv2
-ViT-B/14 and SynCLR ViT-B/16 compare the CLS token (before the final LayerNorm); OpenAI CLIP and OpenCLIP
-ViT-B/16 and B/32 compare the projected CLS embedding. Preprocessing is DreamSim's: 224x224 bicubic, the
-backbone's own mean/std inside. Weights: Meta's DINO/DINOv2 files via torch-hub URLs; CLIP, OpenCLIP and
-SynCLR from the DreamSim release zips (which ship them converted to the DINO-style layout).
+ViT-B/14, SynCLR ViT-B/16 and MAE ViT-B/16 compare the CLS token (before the final LayerNorm); OpenAI CLIP
+and OpenCLIP ViT-B/16, B/32 and L/14 compare the projected CLS embedding. Preprocessing is DreamSim's:
+224x224 bicubic, the backbone's own mean/std inside. Weights: Meta's DINO/DINOv2 files via torch-hub URLs;
+CLIP, OpenCLIP ViT-B and SynCLR from the DreamSim release zips (which ship them converted to the DINO-style
+layout); CLIP/OpenCLIP ViT-L/14 and MAE ViT-B/16, which no DreamSim release ships, as safetensors from
+timm's Hugging Face repos. Sources, verified facts and assumptions: ``docs/baselines.md``.
 """
 
 from __future__ import annotations
@@ -64,11 +66,26 @@ _CITATIONS = {
     "clip": "Radford et al. Learning Transferable Visual Models From Natural Language Supervision. ICML 2021.",
     "open_clip": "Cherti et al. Reproducible scaling laws for contrastive language-image learning. CVPR 2023 (OpenCLIP, LAION-400M).",
     "synclr": "Tian et al. Learning Vision from Models Rivals Learning Vision from Data. CVPR 2024 (SynCLR).",
+    "mae": "He et al. Masked Autoencoders Are Scalable Vision Learners. CVPR 2022.",
 }
-_LICENCES = {"dino": "Apache-2.0", "dinov2": "Apache-2.0", "clip": "MIT", "open_clip": "MIT", "synclr": "Apache-2.0"}
+# the weights' licences: MAE's pretrained weights are CC-BY-NC 4.0 (non-commercial), as the MAE repo and timm say
+_LICENCES = {"dino": "Apache-2.0", "dinov2": "Apache-2.0", "clip": "MIT", "open_clip": "MIT", "synclr": "Apache-2.0",
+             "mae": "CC-BY-NC-4.0"}
+_DREAMSIM_REFERENCE = "same backbone code as DreamSim (parity with the official dreamsim package in tests)"
+#: backbones no DreamSim release ships: tested against an independent implementation on the same weights
+_REFERENCES = {
+    "clip_vitl14": "matches open_clip 'ViT-L-14-quickgelu' on the same weights (tests); file: timm/open_clip "
+                   "copy of OpenAI's ViT-L/14",
+    "open_clip_vitl14": "matches open_clip 'ViT-L-14' on the same weights (tests); weights: OpenCLIP "
+                        "laion400m_e31, the tag DreamSim's own conversion check names (see docs/baselines.md)",
+    "mae_vitb16": "matches timm 'vit_base_patch16_224.mae' on the same weights (tests); MAE feature choice "
+                  "of the DreamSim paper unverified (see docs/baselines.md)",
+}
+_WEIGHTS_NOTE = {"open_clip_vitl14": " (LAION-400M, epoch 31)"}
 
 for _backbone in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "dinov2_vitb14", "synclr_vitb16",
-                  "clip_vitb16", "clip_vitb32", "open_clip_vitb16", "open_clip_vitb32"):
+                  "clip_vitb16", "clip_vitb32", "open_clip_vitb16", "open_clip_vitb32",
+                  "clip_vitl14", "open_clip_vitl14", "mae_vitb16"):
     _family, _, _arch = _backbone.rpartition("_")
     _cfg = BACKBONES[_backbone]
     _feat = "projected CLS embedding" if _cfg.proj_dim else "CLS token before the final LayerNorm"
@@ -76,12 +93,13 @@ for _backbone in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "din
         name=f"{_family}.{_arch}",
         target="percepbench.metrics_registry.embedding:ZeroShotEmbeddingMetric",
         kwargs={"backbone": _backbone},
-        description=f"zero-shot {_family} ViT-{_arch[3].upper()}/{_arch[4:]}: {_feat}",
+        description=f"zero-shot {_family} ViT-{_arch[3].upper()}/{_arch[4:]}{_WEIGHTS_NOTE.get(_backbone, '')}: "
+                    f"{_feat}",
         distance="1 - cosine(features)",
         kind="embedding",
         inputs=InputConvention(size=IMAGE_SIZE, interpolation="bicubic"),
         weights=backbone_weight_files([_backbone]),
-        reference="same backbone code as DreamSim (parity with the official dreamsim package in tests)",
+        reference=_REFERENCES.get(_backbone, _DREAMSIM_REFERENCE),
         licence=_LICENCES[_family],
         citation=_CITATIONS[_family],
         default=_backbone in ("dino_vitb16", "clip_vitb32", "open_clip_vitb32"),
