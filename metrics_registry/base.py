@@ -24,6 +24,7 @@ embedding cache (:mod:`percepbench.embed_cache`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -119,6 +120,19 @@ class DistanceMetric(Metric):
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         self.distances.append(self.pairwise(preds, target))
+
+    def _wrap_compute(self, compute: Any) -> Any:
+        """torchmetrics squeezes one-element results to 0-d; with ``reduction="none"`` keep shape (N,) = (1,)."""
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def keep_per_pair_shape(*args: Any, **kwargs: Any) -> Any:
+            value = wrapped(*args, **kwargs)
+            if self.reduction == "none" and isinstance(value, torch.Tensor) and value.ndim == 0:
+                return value.reshape(1)
+            return value
+
+        return keep_per_pair_shape
 
     def compute(self) -> torch.Tensor:
         values = dim_zero_cat(self.distances)
