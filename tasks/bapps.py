@@ -89,6 +89,41 @@ def read_judge(path: Path) -> float:
     return p
 
 
+def bapps_dataset_root(root: str | None, data_root: str | None) -> tuple[Path, Path | None, str]:
+    """(folder holding ``2afc/`` and ``jnd/``, data root it sits in or None, note on where it came from).
+
+    ``root`` (a task's ``root=`` option) wins; else ``<data root>/bapps/dataset`` with the data root of
+    :func:`percepbench.data.data_root` (what ``percepbench data download bapps`` writes).
+    """
+    if root is not None:
+        path = Path(root).expanduser()
+        base = path.parent.parent if path.name == "dataset" and path.parent.name == "bapps" else None
+        return path, base, ""
+    base = default_data_root(data_root)
+    note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
+    return base / "bapps" / "dataset", base, note
+
+
+def paired_by_stem(folder: Path, image_folders: tuple[str, ...], label_folder: str, what: str
+                   ) -> tuple[dict[str, dict[str, Path]], list[str]]:
+    """Files of ``folder/<image folder>/*`` and ``folder/<label folder>/*.npy`` by stem, and the sorted stems.
+
+    :class:`DataError` naming the folder when the stem sets differ (listing what each folder lacks) or when
+    every folder is empty.
+    """
+    found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in image_folders}
+    found[label_folder] = _stems(folder / label_folder, (".npy",))
+    all_stems = set().union(*found.values())
+    problems = [f"{name}/ lacks {len(lacking)} stem(s) ({listed(lacking)})"
+                for name, files in found.items() if (lacking := sorted(all_stems - files.keys()))]
+    names = "/".join(found)
+    if problems:
+        raise DataError(f"{folder}: files do not pair by stem across {names}: " + "; ".join(problems))
+    if not all_stems:
+        raise DataError(f"{folder}: no {what} ({', '.join(f'{n}/' for n in found)} are empty)")
+    return found, sorted(all_stems)
+
+
 class BAPPS2AFC(FileTwoAFCTask):
     """BAPPS 2AFC (human judgments): triplets paired by stem, label from ``judge/*.npy``; see the module docstring."""
 
@@ -110,19 +145,9 @@ class BAPPS2AFC(FileTwoAFCTask):
         self.split, self.subsets = split, list(dict.fromkeys(chosen))
         self.root = None if root in (None, "") else str(root)
 
-    def _dataset_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
-        """(folder holding 2afc/, data root it sits in or None, note on where it came from)."""
-        if self.root is not None:
-            root = Path(self.root).expanduser()
-            base = root.parent.parent if root.name == "dataset" and root.parent.name == "bapps" else None
-            return root, base, ""
-        base = default_data_root(data_root)
-        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
-        return base / "bapps" / "dataset", base, note
-
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root, data_base, note = self._dataset_root(data_root)
+        root, data_base, note = bapps_dataset_root(self.root, data_root)
         hint = how_to_get(data_base, self.split)
         base = root / "2afc" / self.split
         if not base.is_dir():
@@ -132,20 +157,8 @@ class BAPPS2AFC(FileTwoAFCTask):
             folder = base / subset
             if not folder.is_dir():
                 raise DataError(f"{folder}: BAPPS subset folder not found. {hint}")
-            found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in IMAGE_FOLDERS}
-            found["judge"] = _stems(folder / "judge", (".npy",))
-            all_stems = set().union(*found.values())
-            problems = []
-            for name, files in found.items():
-                lacking = sorted(all_stems - files.keys())
-                if lacking:
-                    problems.append(f"{name}/ lacks {len(lacking)} stem(s) ({listed(lacking)})")
-            if problems:
-                raise DataError(f"{folder}: files do not pair by stem across ref/p0/p1/judge: "
-                                + "; ".join(problems))
-            if not all_stems:
-                raise DataError(f"{folder}: no triplets (ref/, p0/, p1/ and judge/ are empty)")
-            for stem in sorted(all_stems):
+            found, stems = paired_by_stem(folder, IMAGE_FOLDERS, "judge", "triplets")
+            for stem in stems:
                 rows.append({"item": f"{subset}/{stem}", "subset": subset, "p": read_judge(found["judge"][stem]),
                              "split": self.split, "stem": stem})
                 paths.append(tuple(str(found[name][stem]) for name in IMAGE_FOLDERS))

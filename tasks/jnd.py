@@ -38,15 +38,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from percepbench.data import data_root as default_data_root
 from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
 from percepbench.stats import bootstrap_statistic_ci, jnd_average_precision, paired_ap_comparison
-from percepbench.tasks.bapps import HOW_TO_GET, IMAGE_SUFFIXES, _stems
+from percepbench.tasks.bapps import HOW_TO_GET, bapps_dataset_root, paired_by_stem
 from percepbench.tasks.base import ALL_SUBSET, Task
-from percepbench.tasks.files import FileTask, listed, split_list
+from percepbench.tasks.files import FileTask, split_list
 
 JND_SUBSETS = ("traditional", "cnn")
 JND_FOLDERS = ("p0", "p1")
@@ -121,19 +120,9 @@ class BAPPSJND(FileJNDTask):
         self.subsets = list(dict.fromkeys(chosen))
         self.root = None if root in (None, "") else str(root)
 
-    def _dataset_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
-        """(folder holding jnd/, data root it sits in or None, note on where it came from)."""
-        if self.root is not None:
-            root = Path(self.root).expanduser()
-            base = root.parent.parent if root.name == "dataset" and root.parent.name == "bapps" else None
-            return root, base, ""
-        base = default_data_root(data_root)
-        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
-        return base / "bapps" / "dataset", base, note
-
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root, data_base, note = self._dataset_root(data_root)
+        root, data_base, note = bapps_dataset_root(self.root, data_root)
         hint = (HOW_TO_GET if data_base is None
                 else f"Run `{download_command('bapps', data_base, ['jnd'])}` to download it. {HOW_TO_GET}")
         base = root / "jnd" / "val"
@@ -144,16 +133,8 @@ class BAPPSJND(FileJNDTask):
             folder = base / subset
             if not folder.is_dir():
                 raise DataError(f"{folder}: BAPPS JND subset folder not found. {hint}")
-            found = {name: _stems(folder / name, IMAGE_SUFFIXES) for name in JND_FOLDERS}
-            found["same"] = _stems(folder / "same", (".npy",))
-            all_stems = set().union(*found.values())
-            problems = [f"{name}/ lacks {len(lacking)} stem(s) ({listed(lacking)})"
-                        for name, files in found.items() if (lacking := sorted(all_stems - files.keys()))]
-            if problems:
-                raise DataError(f"{folder}: files do not pair by stem across p0/p1/same: " + "; ".join(problems))
-            if not all_stems:
-                raise DataError(f"{folder}: no pairs (p0/, p1/ and same/ are empty)")
-            for stem in sorted(all_stems):
+            found, stems = paired_by_stem(folder, JND_FOLDERS, "same", "pairs")
+            for stem in stems:
                 rows.append({"item": f"{subset}/{stem}", "subset": subset,
                              "same": read_fraction(found["same"][stem], "JND 'same'"), "stem": stem})
                 paths.append(tuple(str(found[name][stem]) for name in JND_FOLDERS))
