@@ -429,6 +429,15 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     return parts
 
 
+def _install_staged(new: Path, old: Path, target_dir: Path) -> None:
+    """Move each top-level entry of the staging folder ``new`` into ``target_dir``; what it replaces goes to ``old``."""
+    for entry in sorted(p.name for p in new.iterdir()):
+        final = target_dir / entry
+        if final.is_symlink() or final.exists():
+            os.replace(final, old / entry)
+        os.replace(new / entry, final)
+
+
 def extract_zip(zip_path: str | Path, target_dir: str | Path) -> list[Path]:
     """Extract a zip archive into ``target_dir`` safely; return the paths of the files extracted.
 
@@ -490,11 +499,7 @@ def extract_zip(zip_path: str | Path, target_dir: str | Path) -> list[Path]:
                     raise WeightsError(f"zip {zip_path} member {info.filename!r} clashes with another "
                                        "member; refusing to extract it") from exc
                 files.append(parts)
-            for entry in sorted(p.name for p in new.iterdir()):
-                final = target_dir / entry
-                if final.is_symlink() or final.exists():
-                    os.replace(final, old / entry)
-                os.replace(new / entry, final)
+            _install_staged(new, old, target_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return [target_dir.joinpath(*parts) for parts in files]
@@ -614,11 +619,7 @@ def extract_tar(tar_path: str | Path, target_dir: str | Path) -> list[Path]:
                 regular.add(parts)
                 files.append(parts)
             _check_tar_end(archive, broken)
-            for entry in sorted(p.name for p in new.iterdir()):
-                final = target_dir / entry
-                if final.is_symlink() or final.exists():
-                    os.replace(final, old / entry)
-                os.replace(new / entry, final)
+            _install_staged(new, old, target_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [target_dir.joinpath(*parts) for parts in files]
