@@ -73,20 +73,24 @@ def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-def read_judge(path: Path) -> float:
-    """The label in a ``judge/*.npy`` file: one number in [0, 1]; :class:`DataError` naming the file otherwise."""
+def read_fraction(path: Path, what: str, meaning: str = "") -> float:
+    """One number in [0, 1] from a ``.npy`` label file; :class:`DataError` naming the file otherwise."""
     try:
-        value = np.load(path, allow_pickle=False)
+        value = np.asarray(np.load(path, allow_pickle=False))
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read judge file ({exc})") from exc
-    value = np.asarray(value)
+        raise DataError(f"{path}: cannot read {what} file ({exc})") from exc
     if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise DataError(f"{path}: judge file must hold one number (shape (1,)), got dtype {value.dtype} "
+        raise DataError(f"{path}: {what} file must hold one number (shape (1,)), got dtype {value.dtype} "
                         f"shape {value.shape}")
-    p = float(value.reshape(-1)[0])
-    if not 0.0 <= p <= 1.0:  # also rejects NaN
-        raise DataError(f"{path}: judge value {p} is outside [0, 1] (fraction of raters preferring p1)")
-    return p
+    v = float(value.reshape(-1)[0])
+    if not 0.0 <= v <= 1.0:  # also rejects NaN
+        raise DataError(f"{path}: {what} value {v} is outside [0, 1]{meaning}")
+    return v
+
+
+def read_judge(path: Path) -> float:
+    """The label in a ``judge/*.npy`` file: the fraction of raters preferring ``p1``."""
+    return read_fraction(path, "judge", " (fraction of raters preferring p1)")
 
 
 def bapps_dataset_root(root: str | None, data_root: str | None) -> tuple[Path, Path | None, str]:

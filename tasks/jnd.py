@@ -32,7 +32,6 @@ by stem across the three folders; ``same/<stem>.npy`` holds one number in [0, 1]
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,27 +42,12 @@ from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
 from percepbench.stats import bootstrap_statistic_ci, jnd_average_precision, paired_ap_comparison
-from percepbench.tasks.bapps import HOW_TO_GET, bapps_dataset_root, paired_by_stem
+from percepbench.tasks.bapps import HOW_TO_GET, bapps_dataset_root, paired_by_stem, read_fraction
 from percepbench.tasks.base import ALL_SUBSET, Task
 from percepbench.tasks.files import FileTask, split_list
 
 JND_SUBSETS = ("traditional", "cnn")
 JND_FOLDERS = ("p0", "p1")
-
-
-def read_fraction(path: Path, what: str) -> float:
-    """One number in [0, 1] from a ``.npy`` label file; :class:`DataError` naming the file otherwise."""
-    try:
-        value = np.asarray(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read {what} file ({exc})") from exc
-    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise DataError(f"{path}: {what} file must hold one number (shape (1,)), got dtype {value.dtype} "
-                        f"shape {value.shape}")
-    v = float(value.reshape(-1)[0])
-    if not 0.0 <= v <= 1.0:  # also rejects NaN
-        raise DataError(f"{path}: {what} value {v} is outside [0, 1]")
-    return v
 
 
 class JNDTask(Task):
