@@ -92,6 +92,8 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
                                        "twoafc_val, twoafc_train, all)")
         if name == "download":
             q.add_argument("--keep-archives", action="store_true", help="keep the archives after extraction")
+            q.add_argument("--force", action="store_true",
+                           help="fetch and extract the selected parts again even if they are marked done")
             q.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
         else:
             q.add_argument("--deep", action="store_true", help="also decode every image and label file")
@@ -220,7 +222,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.data_command == "download":
         folder = download_dataset(args.name, args.root, parts=args.parts, progress=not args.quiet,
-                                  keep_archives=args.keep_archives)
+                                  keep_archives=args.keep_archives, force=args.force)
         print(f"{args.name}: ready in {folder}")
         return EXIT_OK
     problems = verify_dataset(args.name, args.root, parts=args.parts, deep=args.deep)

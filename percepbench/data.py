@@ -422,7 +422,7 @@ def _files_under(dest: Path, produced: Iterable[str]) -> dict[str, int]:
 
 
 def download_dataset(name: str, root: str | Path | None = None, *, parts: str | Iterable[str] | None = None,
-                     progress: bool = True, keep_archives: bool = False) -> Path:
+                     progress: bool = True, keep_archives: bool = False, force: bool = False) -> Path:
     """Download and extract dataset ``name`` under the data root; return its folder (``<root>/<name>``).
 
     Idempotent: parts already extracted (marker present, recorded files intact) are skipped, so a second
@@ -438,6 +438,8 @@ def download_dataset(name: str, root: str | Path | None = None, *, parts: str | 
         progress: show download progress bars.
         keep_archives: keep the downloaded archives (with their ``.sha256``) in ``<folder>/.percepbench/
             downloads`` after extraction; by default they are deleted once extracted.
+        force: fetch and extract the selected parts again even when their markers say they are done
+            (for files damaged in place; an archive kept with ``keep_archives`` is re-verified and reused).
 
     Raises:
         UsageError: unknown dataset or part name.
@@ -462,6 +464,9 @@ def download_dataset(name: str, root: str | Path | None = None, *, parts: str | 
             + "\nMissing now: " + "; ".join(problems[:_MAX_LISTED])
             + (f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""))
     selected = select_parts(source, parts)
+    if force:
+        for p in selected:  # forget "done" first, so an interrupted forced run is redone next time
+            _marker(dest, p).unlink(missing_ok=True)
     todo = [p for p in selected if not _is_done(dest, p)]
     if not todo:
         return dest

@@ -99,6 +99,13 @@ def test_data_download_verify_then_run_jnd(capsys, bapps_server, tmp_path, regis
     assert "ready in" in out
     code, out, err = cli(capsys, "data", "verify", "bapps", "--root", str(root), "--parts", "jnd", "--deep")
     assert code == 0, out + err
+    served = len(bapps_server.requests)
+    assert cli(capsys, "data", "download", "bapps", "--root", str(root), "--parts", "jnd", "-q")[0] == 0
+    assert len(bapps_server.requests) == served  # done: nothing fetched again
+    same = root / "bapps" / "dataset" / "jnd" / "val" / "cnn" / "same" / "000001.npy"
+    same.write_bytes(b"damaged in place")
+    assert cli(capsys, "data", "download", "bapps", "--root", str(root), "--parts", "jnd", "-q", "--force")[0] == 0
+    assert len(bapps_server.requests) == served + 1 and same.read_bytes() != b"damaged in place"
     code, out, err = cli(capsys, "run", "-m", "toy-meanabs", "-t", "bapps_jnd", "--data-root", str(root),
                          "-o", str(tmp_path / "run"), "-q", "--n-boot", "20", "--no-report")
     assert code == 0, err
