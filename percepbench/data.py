@@ -75,6 +75,7 @@ import re
 import shlex
 import shutil
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -398,14 +399,26 @@ def _is_done(dest: Path, part: Part) -> bool:
     return all((dest / rel).exists() for rel in part.produces)
 
 
-def _write_marker(dest: Path, part: Part, url: str, sha256: str | None, files: dict[str, int]) -> None:
+def _write_marker(dest: Path, part: Part, url: str, sha256: str | None, files: dict[str, int], *,
+                  adopted: bool = False) -> None:
     path = _marker(dest, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     record = {"part": part.name, "url": url, "archive_sha256": sha256, "extracted_at": time.time(),
-              "files": files}
+              "files": files, "adopted": adopted}
     tmp.write_text(json.dumps(record, indent=0, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _placed_by_hand(dest: Path, part: Part) -> bool:
+    """No marker, but everything the part produces is already there (a dataset unzipped by hand)."""
+    if _marker(dest, part).exists():
+        return False  # ours: a marker that no longer matches means damage, so fetch again
+    for rel in part.produces:
+        path = dest / rel
+        if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+            return False
+    return True
 
 
 def _files_under(dest: Path, produced: Iterable[str]) -> dict[str, int]:
@@ -426,7 +439,9 @@ def download_dataset(name: str, root: str | Path | None = None, *, parts: str | 
     """Download and extract dataset ``name`` under the data root; return its folder (``<root>/<name>``).
 
     Idempotent: parts already extracted (marker present, recorded files intact) are skipped, so a second
-    call downloads and extracts nothing. See the module docstring for sources, resume and safety.
+    call downloads and extracts nothing. A part without a marker whose folders are already there and not
+    empty (a dataset unzipped by hand) is kept as it is and marked, with a note on stderr; ``force=True``
+    fetches it anyway. See the module docstring for sources, resume and safety.
 
     Args:
         name: ``"nights"``, ``"bapps"`` or ``"things"``.
@@ -468,6 +483,16 @@ def download_dataset(name: str, root: str | Path | None = None, *, parts: str | 
         for p in selected:  # forget "done" first, so an interrupted forced run is redone next time
             _marker(dest, p).unlink(missing_ok=True)
     todo = [p for p in selected if not _is_done(dest, p)]
+    if not force:
+        adopted = [p for p in todo if _placed_by_hand(dest, p)]
+        for p in adopted:  # keep data the user unzipped by hand; `verify` checks it, --force re-fetches it
+            _write_marker(dest, p, source.url(p), None, _files_under(dest, p.produces), adopted=True)
+        if adopted:
+            shown = ", ".join(p.name for p in adopted[:5]) + (f" and {len(adopted) - 5} more" if len(adopted) > 5 else "")
+            print(f"{source.title}: {len(adopted)} part(s) already in place ({shown}), kept as they are; "
+                  f"check them with `{download_command(source.name, root_path, action='verify')}`, or pass "
+                  "--force to fetch them again", file=sys.stderr)
+        todo = [p for p in todo if p not in adopted]
     if not todo:
         return dest
     what = f"{source.title} file(s)"

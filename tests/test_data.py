@@ -504,3 +504,24 @@ def test_task_errors_name_the_download_command(tmp_path):
         assert f"--root {default}`" in str(info.value)
     with pytest.raises(DataError, match="--parts twoafc_train"):
         BAPPS2AFC(split="train").prepare(data_root=str(root), progress=False)
+
+
+def test_data_unzipped_by_hand_is_kept(bapps_server, tmp_path, capsys):
+    """A tree placed by hand (no markers) is kept and marked, not fetched again; --force still fetches it."""
+    root = tmp_path / "d"
+    for rel, content in bapps_members("jnd").items():
+        path = root / "bapps" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    download_dataset("bapps", root, parts="jnd", progress=False)
+    assert requested(bapps_server) == []
+    err = capsys.readouterr().err
+    assert "1 part(s) already in place (jnd)" in err and "percepbench data verify bapps" in err
+    assert verify_dataset("bapps", root, parts="jnd", deep=True) == []
+    marker = json.loads(next((root / "bapps" / ".percepbench" / "done").glob("jnd*.json")).read_text())
+    assert marker["adopted"] is True and "dataset/jnd/val/cnn/same/000001.npy" in marker["files"]
+    (root / "bapps" / "dataset/jnd/val/cnn/p0/000001.png").unlink()  # damage after adoption: fetched again
+    download_dataset("bapps", root, parts="jnd", progress=False)
+    assert requested(bapps_server) == ["/jnd.tar.gz"]
+    download_dataset("bapps", root, parts="jnd", progress=False, force=True)
+    assert requested(bapps_server) == ["/jnd.tar.gz", "/jnd.tar.gz"]
