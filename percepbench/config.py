@@ -14,6 +14,8 @@ import yaml
 from percepbench.errors import UsageError
 
 DEFAULT_TASK = "severity2afc"
+#: ``RunConfig.precision`` values: fp32, or autocast to bfloat16 / float16 (``torch.autocast``)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -35,6 +37,8 @@ class RunConfig:
     #: embedding cache dir; None: the default (``$PERCEPBENCH_EMBED_CACHE`` or ``<weights cache>/embeddings``);
     #: False: off (each unique image is still embedded only once per run)
     embed_cache: str | bool | None = None
+    #: numeric precision of metric computations: ``fp32`` (default), or ``bf16`` / ``fp16`` autocast
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
@@ -50,6 +54,9 @@ class RunConfig:
             self.embed_cache = False
         if self.embed_cache is True:
             self.embed_cache = None
+        self.precision = str(self.precision).strip().lower()
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if int(self.num_workers) < 0:
             raise UsageError(f"num_workers must be >= 0, got {self.num_workers}")
 

@@ -8,8 +8,8 @@ An entry is the embedding of one image under one metric configuration, stored as
 The **fingerprint** (:func:`metric_fingerprint`) hashes everything that changes an embedding: the metric
 spec name and class, the options it was built with, the preprocessing (input size and interpolation of
 the file loader), a hash of every parameter and buffer of the metric's networks (so different weights,
-LoRA merged or not, random test weights... never share entries), the device type and dtype, and the
-metric's ``embedding_version``. The **image key** is the sha256 of the file's bytes, so a renamed or
+LoRA merged or not, random test weights... never share entries), the device type and dtype, the run's
+autocast precision (``--precision bf16``/``fp16``), and the metric's ``embedding_version``. The **image key** is the sha256 of the file's bytes, so a renamed or
 copied file hits the cache and an edited one does not.
 
 Concurrency and interruptions: an entry is written to a temporary file in its folder and moved into place
@@ -82,8 +82,13 @@ def state_hash(modules: Iterable[torch.nn.Module]) -> str:
     return h.hexdigest()
 
 
-def metric_fingerprint(metric: Any, spec: Any, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(fingerprint hex, description)`` of a metric's embedding function (see the module docstring)."""
+def metric_fingerprint(metric: Any, spec: Any, options: dict[str, Any], *,
+                       precision: str = "fp32") -> tuple[str, dict[str, Any]]:
+    """``(fingerprint hex, description)`` of a metric's embedding function (see the module docstring).
+
+    ``precision`` is the run's autocast setting; it enters the description only when it is not fp32, so
+    fp32 entries written before the setting existed stay valid.
+    """
     params = [p for p in metric.parameters()]
     description = {
         "cache_format": CACHE_FORMAT,
@@ -97,6 +102,8 @@ def metric_fingerprint(metric: Any, spec: Any, options: dict[str, Any]) -> tuple
         "dtype": str(params[0].dtype) if params else None,
         "state_sha256": state_hash([metric]),
     }
+    if precision != "fp32":
+        description["precision"] = precision
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
     return digest[:32], description
 

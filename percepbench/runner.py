@@ -7,6 +7,7 @@ directory after every (task, metric) so that an interrupted run keeps what it fi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -62,6 +63,20 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``precision`` ``bf16``/``fp16`` on ``device``; nothing for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _AUTOCAST_DTYPES:
+        raise UsageError(f"precision must be one of fp32, {', '.join(_AUTOCAST_DTYPES)}, got {precision!r}")
+    if not torch.amp.is_autocast_available(device.type):
+        raise UsageError(f"precision {precision!r}: torch has no autocast for device {str(device)!r}; use fp32")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def select_metrics(config: RunConfig) -> list[MetricSpec]:
@@ -159,7 +174,7 @@ def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, confi
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     columns: dict[str, list[torch.Tensor]] = {col: [] for col, _, _ in task.comparisons}
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_context(device, config.precision):
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
             for col, a, b in task.comparisons:
                 d = metric.pairwise(batch[a].to(device, non_blocking=True), batch[b].to(device, non_blocking=True))
@@ -201,7 +216,8 @@ def compute_distances_from_embeddings(
                 raise DataError(f"{getattr(exc, 'filename', None) or exc}: cannot read image file ({exc})") from exc
         memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
         if memo is None:
-            memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args))
+            memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args),
+                                      precision=config.precision)
             metric._percepbench_fingerprint = memo
         fingerprint, description = memo
         root = Path(config.embed_cache) if config.embed_cache else default_root()
@@ -216,7 +232,7 @@ def compute_distances_from_embeddings(
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda")
         pos = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(device, config.precision):
             for batch in tqdm(loader, desc=f"{desc} (embed)", unit="batch", disable=not config.progress, leave=False):
                 emb = metric.embed_images(batch.to(device, non_blocking=True)).float().cpu().numpy()
                 for row in emb:
@@ -256,6 +272,7 @@ def run(config: RunConfig) -> RunResults:
     for name in config.task_args:
         TASKS.resolve(name)
     device = resolve_device(config.device)
+    precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
     out = Path(config.out) if config.out else default_out_dir()
     _check_out_dir(out)
     torch.manual_seed(config.seed)
@@ -271,6 +288,7 @@ def run(config: RunConfig) -> RunResults:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "precision": config.precision,
         "seed": config.seed,
         "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "finished": None,

@@ -197,6 +197,7 @@ def _run_info(results: RunResults) -> list[tuple[str, str]]:
         ("percepbench", s(m.get("percepbench_version"))),
         ("git sha", s(m.get("git_sha"))),
         ("device", s(device)),
+        ("precision", s(m.get("precision") or "fp32")),
         ("torch", s(m.get("torch_version"))),
         ("python", s(m.get("python"))),
         ("platform", s(m.get("platform"))),

@@ -36,7 +36,7 @@ protocol and a delta means nothing. Either difference alone is tolerated, becaus
 cause: the same settings with other item counts is a dataset that changed (rows fall back to the
 ``records`` method since the items no longer pair), and other settings with the same counts is usually a
 data path that moved between machines (rows still pair when the item ids and labels agree). Settings are
-compared only when both runs record them. A different device, torch or percepbench version is never
+compared only when both runs record them. A different device, precision, torch or percepbench version is never
 incompatible (comparing those is what the gate is for); it is shown in the report header.
 
 Each row is tested on its own at ``alpha`` (no multiple-comparison correction): the ``max_drop`` tolerance
@@ -172,6 +172,7 @@ class Comparison:
             ("percepbench", get(b, "percepbench_version"), get(n, "percepbench_version")),
             ("git sha", get(b, "git_sha"), get(n, "git_sha")),
             ("device", device(b), device(n)),
+            ("precision", str(b.get("precision") or "fp32"), str(n.get("precision") or "fp32")),
             ("torch", get(b, "torch_version"), get(n, "torch_version")),
             ("finished", get(b, "finished"), get(n, "finished")),
         ]

@@ -77,7 +77,9 @@ def render_markdown(content: ReportContent, *, image_format: str | None = "png")
     info = dict(content.run_info)
     sha = info.get("git sha", "—")
     out.append(f"percepbench {md_escape(info.get('percepbench', '—'))} · git {md_escape(sha[:12])} · "
-               f"device {md_escape(info.get('device', '—'))} · torch {md_escape(info.get('torch', '—'))} · "
+               f"device {md_escape(info.get('device', '—'))} · "
+               + (f"precision {md_escape(info['precision'])} · " if info.get("precision", "fp32") != "fp32" else "")
+               + f"torch {md_escape(info.get('torch', '—'))} · "
                f"seed {md_escape(info.get('seed', '—'))} · started {md_escape(info.get('started', '—'))} · "
                f"finished {md_escape(info.get('finished', '—'))} · "
                + ("**complete**" if content.complete else "**incomplete**"))

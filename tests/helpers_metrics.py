@@ -61,3 +61,30 @@ class ToyEmbedPairwise(ToyEmbed):
     """The same distance without the embedding path (the runner batches pairs instead)."""
 
     embeds = False
+
+
+class LinearEmbed(DistanceMetric):
+    """An embedding metric with a frozen linear layer (which autocast runs in bf16/fp16); records the
+    dtypes that layer produced, for precision tests. Inputs must be 16x16 (the test specs say so)."""
+
+    embeds = True
+    seen_dtypes: set = set()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        torch.manual_seed(0)
+        self.net = self.freeze(torch.nn.Linear(3 * 16 * 16, 8))
+
+    def embed(self, x):
+        out = self.net(x.flatten(1))
+        type(self).seen_dtypes.add(out.dtype)
+        return out
+
+    def distance(self, preds, target):
+        return self.embedding_distance(self.embed(preds), self.embed(target))
+
+
+class LinearEmbedPairwise(LinearEmbed):
+    """The same distance on the runner's pairwise path."""
+
+    embeds = False
