@@ -5,7 +5,8 @@ checks they agree, and times ``embed`` (images/s) for the ensemble and ``dino_vi
 fp32 on CPU, and also bf16 autocast on CUDA when a GPU is present. Ratios are ours/official from the same
 run. Usage::
 
-    python benchmarks/dreamsim_embed_speed.py [--batches 1,16,64] [--repeats 3] [--out docs/benchmarks/dreamsim_embed_speed.json]
+    python benchmarks/dreamsim_embed_speed.py [--batches 1,16,64] [--repeats 3] [--devices cpu,cuda]
+        [--out docs/benchmarks/dreamsim_embed_speed.json]
 
 Needs the test extras (the official ``dreamsim`` package).
 """
@@ -51,11 +52,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="dino_vitb16,ensemble")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--devices", default="cpu,cuda",
+                        help="cpu (fp32) and/or cuda (bf16 autocast; skipped when no GPU is present)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    settings = [(torch.device("cpu"), None)]
-    if torch.cuda.is_available():
+    devices = {d.strip() for d in args.devices.split(",")}
+    settings = []
+    if "cpu" in devices:
+        settings.append((torch.device("cpu"), None))
+    if "cuda" in devices and torch.cuda.is_available():
         settings.append((torch.device("cuda"), torch.bfloat16))
+    if not settings:
+        parser.error(f"nothing to measure for --devices {args.devices!r} (no CUDA device here?)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

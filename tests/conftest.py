@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+#: the shared upstream fixtures beside the checkout; PERCEPBENCH_FIXTURES points elsewhere (the GPU check
+#: carries the few it needs, see benchmarks/gpu_prepare.sh)
+SHARED_FIXTURES = Path(os.environ.get("PERCEPBENCH_FIXTURES") or REPO.parent / "shared" / "fixtures")
 PYTHON = sys.executable
 
 
