@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check: tests/test_gpu.py (DreamSimMetric on CUDA against the CPU, bf16 autocast, the metric
-# as a loss, the default benchmark on CUDA gated by the committed baseline) and the CUDA bf16 rows of
-# the DreamSim speed benchmark. Run from the repository root on the GPU machine:
+# as a loss, the default benchmark on CUDA gated by the committed baseline) and the CUDA rows (fp32 and
+# bf16 autocast) of the DreamSim speed benchmark. Run from the repository root on the GPU machine:
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]   # default: $OUT, else ./gpu-check
 #
 # With a .gpu-carry/ folder (benchmarks/gpu_prepare.sh), its wheels, percepbench's included, are
 # installed into $SITE (default /tmp/site) first and its fixtures are used; otherwise percepbench and its
-# dependencies must already be importable and ../shared/fixtures must exist. BENCH_DEVICES (default cuda) and BENCH_ARGS pass through to the benchmark.
+# dependencies must already be importable and ../shared/fixtures must exist. BENCH_SETTINGS (default cuda:fp32,cuda:bf16) and BENCH_ARGS pass through to the benchmark.
 set -uo pipefail
 OUT_DIR="${1:-${OUT:-gpu-check}}"
 PY="${PYTHON:-python3}"
@@ -32,6 +32,6 @@ status=0
 # tasks/ and reports/ are mapped into it); the tests run from the checkout's tests/
 "$PY" -P -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py --junitxml "$OUT_DIR/gpu_tests.xml" 2>&1 \
     | tee "$OUT_DIR/gpu_tests.log" || status=1
-"$PY" -P benchmarks/dreamsim_embed_speed.py --devices "${BENCH_DEVICES:-cuda}" ${BENCH_ARGS:-} \
+"$PY" -P benchmarks/dreamsim_embed_speed.py --settings "${BENCH_SETTINGS:-cuda:fp32,cuda:bf16}" ${BENCH_ARGS:-} \
     --out "$OUT_DIR/dreamsim_embed_speed.json" 2>&1 | tee "$OUT_DIR/dreamsim_embed_speed.log" || status=1
 exit $status

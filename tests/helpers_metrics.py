@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from percepbench.metrics_registry.base import DistanceMetric
@@ -68,7 +70,7 @@ class LinearEmbed(DistanceMetric):
     dtypes that layer produced, for precision tests. Inputs must be 16x16 (the test specs say so)."""
 
     embeds = True
-    seen_dtypes: set = set()
+    seen_dtypes: ClassVar[set] = set()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -104,7 +104,7 @@ def test_metric_as_a_loss_on_device():
 
 
 def test_drop_in_api_on_device():
-    model, preprocess = dreamsim(pretrained=False, dreamsim_type="dino_vitb16", device=DEVICE)
+    model, _ = dreamsim(pretrained=False, dreamsim_type="dino_vitb16", device=DEVICE)
     assert next(model.parameters()).device.type == DEVICE.type
     img = torch.rand(2, 3, 224, 224, device=DEVICE)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_embedding_cache_fingerprint_includes_the_device():
     from percepbench.embed_cache import metric_fingerprint
 
     metric = random_metric("dino_vitb16")
-    on_cpu, desc_cpu = metric_fingerprint(metric, None, {})
+    on_cpu, _ = metric_fingerprint(metric, None, {})
     on_dev, desc_dev = metric_fingerprint(metric.to(DEVICE), None, {})
     assert desc_dev["device_type"] == DEVICE.type
     assert (on_cpu == on_dev) == (DEVICE.type == "cpu")

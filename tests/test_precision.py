@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_embed_cache import write_2afc_csv
 
 from percepbench.cli import main
 from percepbench.config import RunConfig
@@ -16,7 +17,6 @@ from percepbench.runner import precision_context
 from percepbench.specs import InputConvention, MetricSpec
 
 from helpers_metrics import LinearEmbed
-from test_embed_cache import write_2afc_csv
 
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
 
