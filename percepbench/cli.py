@@ -33,7 +33,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="fp32 (default), or run the metrics under torch.autocast in bf16/fp16 (faster on GPUs; "
                         "scores shift slightly, and the precision is recorded in the results)")
     p.add_argument("--batch-size", type=int, help="items per batch (default 32)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers for file-based tasks (default 0)")
+    p.add_argument("--num-workers", type=int,
+                   help="DataLoader workers for file-based tasks (default: 0 on the CPU, up to 8 on CUDA)")
     p.add_argument("--seed", type=int, help="seed for generated tasks and bootstrap CIs (default 0)")
     p.add_argument("--data-root", help="root of downloaded datasets (default: $PERCEPBENCH_DATA)")
     p.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")

@@ -27,7 +27,9 @@ class RunConfig:
     out: str | None = None
     device: str | None = None
     batch_size: int = 32
-    num_workers: int = 0
+    #: DataLoader workers for file-based tasks; None: automatic (0 on the CPU, where the metric needs every
+    #: core; on CUDA up to 8, leaving one core, so image decoding keeps the GPU busy)
+    num_workers: int | None = None
     seed: int = 0
     data_root: str | None = None
     n_boot: int = 1000
@@ -57,7 +59,7 @@ class RunConfig:
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if int(self.num_workers) < 0:
+        if self.num_workers is not None and int(self.num_workers) < 0:
             raise UsageError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ directory after every (task, metric) so that an interrupted run keeps what it fi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -63,6 +64,15 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
     return dev
+
+
+def resolve_num_workers(num_workers: int | None, device: torch.device) -> int:
+    """``num_workers``, or the automatic choice: 0 on the CPU, ``min(8, cores - 1)`` otherwise."""
+    if num_workers is not None:
+        return int(num_workers)
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -170,7 +180,7 @@ def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, confi
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
     dataset = task.dataset(task.inputs_for(spec.inputs))
-    workers = 0 if getattr(task, "in_memory", False) else config.num_workers
+    workers = 0 if getattr(task, "in_memory", False) else resolve_num_workers(config.num_workers, device)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     columns: dict[str, list[torch.Tensor]] = {col: [] for col, _, _ in task.comparisons}
@@ -211,7 +221,7 @@ def compute_distances_from_embeddings(
         todo = [p for p in unique if p not in file_hashes]
         if todo:
             try:
-                file_hashes.update(zip(todo, hash_files(todo, workers=max(4, config.num_workers)), strict=True))
+                file_hashes.update(zip(todo, hash_files(todo, workers=max(4, resolve_num_workers(config.num_workers, device))), strict=True))
             except OSError as exc:
                 raise DataError(f"{getattr(exc, 'filename', None) or exc}: cannot read image file ({exc})") from exc
         memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
@@ -229,7 +239,8 @@ def compute_distances_from_embeddings(
     missing = [i for i, e in enumerate(embeddings) if e is None]
     if missing:
         dataset = task.image_dataset([unique[i] for i in missing], task.inputs_for(spec.inputs))
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
+                            num_workers=resolve_num_workers(config.num_workers, device),
                             pin_memory=device.type == "cuda")
         pos = 0
         with torch.inference_mode(), precision_context(device, config.precision):
@@ -273,6 +284,7 @@ def run(config: RunConfig) -> RunResults:
         TASKS.resolve(name)
     device = resolve_device(config.device)
     precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
+    config = dataclasses.replace(config, num_workers=resolve_num_workers(config.num_workers, device))
     out = Path(config.out) if config.out else default_out_dir()
     _check_out_dir(out)
     torch.manual_seed(config.seed)

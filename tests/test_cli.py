@@ -117,6 +117,7 @@ def test_config_file_and_flags_override(capsys, tmp_path, clean_env):
     meta = load_results(out).meta
     assert meta["config"]["metrics"] == ["psnr", "ssim"] and meta["seed"] == 3
     assert meta["config"]["batch_size"] == 4
+    assert meta["config"]["num_workers"] == 0  # automatic on the CPU: 0, and the record says so
 
     toml = tmp_path / "run.toml"
     toml.write_text('metrics = ["ssim"]\nseed = 3\n[task_args.severity2afc]\nper_family = 2\nsize = 48\n')
@@ -209,3 +210,18 @@ def test_results_json_is_plain_json(capsys, tmp_path, clean_env):
     payload = json.loads((out / RESULTS_FILE).read_text())
     assert payload["schema"] == "percepbench-results"
     assert payload["records"][0].keys() >= {"task", "subset", "metric", "measure", "value", "ci_low", "ci_high", "n"}
+
+
+def test_automatic_num_workers(monkeypatch):
+    import torch
+
+    from percepbench.runner import resolve_num_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_num_workers(None, torch.device("cpu")) == 0
+    assert resolve_num_workers(None, torch.device("cuda")) == 8
+    assert resolve_num_workers(3, torch.device("cuda")) == 3 and resolve_num_workers(2, torch.device("cpu")) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert resolve_num_workers(None, torch.device("cuda")) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert resolve_num_workers(None, torch.device("cuda")) == 0

@@ -136,3 +136,6 @@ def test_default_run_on_device_passes_the_committed_baseline(tmp_path):
     comparison = compare_runs(BASELINE, tmp_path / "run")
     assert comparison.exit_code == 0, comparison.to_text()
     assert comparison.new_meta["device"].startswith(DEVICE.type)
+    from percepbench.runner import resolve_num_workers
+
+    assert comparison.new_meta["config"]["num_workers"] == resolve_num_workers(None, DEVICE)  # automatic
