@@ -9,8 +9,9 @@ Inputs to ``update(preds, target)`` / ``forward``: two NCHW RGB batches of equal
 metric's ``grayscale`` convention is ``"reject"``. Anything else raises ``ValueError`` naming the problem.
 
 Output: ``compute()`` returns the mean (``reduction="mean"``), sum (``"sum"``) or the per-pair vector of
-shape (N,) (``"none"``) over everything seen since the last ``reset()``. Per-pair distances are kept in a
-list state reduced with ``cat``, so they sync across DDP processes.
+shape (N,) (``"none"``) over everything seen since the last ``reset()``. With ``"none"`` the per-pair
+distances are kept in a list state reduced with ``cat``; mean and sum keep only a float64 running sum and
+a count (constant memory in a training loop). Both sync across DDP processes.
 
 Subclasses implement :meth:`distance` on validated float [0, 1] tensors and return shape (N,). Networks
 are built once in ``__init__`` and handed to :meth:`freeze`, which keeps them in eval mode with no
@@ -63,7 +64,13 @@ class DistanceMetric(Metric):
         self.reduction = reduction
         self.validate_args = validate_args
         self._frozen: list[nn.Module] = []
-        self.add_state("distances", default=[], dist_reduce_fx="cat")
+        if reduction == "none":
+            self.add_state("distances", default=[], dist_reduce_fx="cat")
+        else:
+            # mean/sum need only a running sum and a count: constant memory however long a training loop
+            # calls the metric, and a two-number DDP sync. The sum is kept in float64.
+            self.add_state("distance_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("pairs", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     # -- for subclasses ---------------------------------------------------------------------------
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -119,7 +126,12 @@ class DistanceMetric(Metric):
         return d
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.distances.append(self.pairwise(preds, target))
+        d = self.pairwise(preds, target)
+        if self.reduction == "none":
+            self.distances.append(d)
+        else:
+            self.distance_sum = self.distance_sum + d.sum(dtype=torch.float64)
+            self.pairs = self.pairs + d.numel()
 
     def _wrap_compute(self, compute: Any) -> Any:
         """torchmetrics squeezes one-element results to 0-d; with ``reduction="none"`` keep shape (N,) = (1,)."""
@@ -135,9 +147,7 @@ class DistanceMetric(Metric):
         return keep_per_pair_shape
 
     def compute(self) -> torch.Tensor:
-        values = dim_zero_cat(self.distances)
         if self.reduction == "none":
-            return values
-        if self.reduction == "sum":
-            return values.sum()
-        return values.mean()
+            return dim_zero_cat(self.distances)
+        total = self.distance_sum if self.reduction == "sum" else self.distance_sum / self.pairs
+        return total.to(torch.get_default_dtype())

@@ -162,6 +162,29 @@ def test_reductions():
     assert MeanAbs(reduction="mean")(x[:1], y[:1]).shape == ()
 
 
+def test_mean_as_a_training_loss_keeps_constant_memory():
+    """Used as a loss for many steps, mean/sum keep two numbers (no growing list, no retained graphs)."""
+    from helpers_metrics import WithNet
+
+    torch.manual_seed(0)
+    metric = WithNet(reduction="mean")
+    seen = []
+    for _ in range(50):
+        x = torch.rand(4, 3, 8, 8, requires_grad=True)
+        y = torch.rand(4, 3, 8, 8)
+        loss = metric(x, y)
+        loss.backward()
+        assert x.grad is not None and loss.dtype == torch.float32
+        seen.append(metric.pairwise(x.detach(), y))
+    assert metric.pairs == 200 and metric.distance_sum.dtype == torch.float64
+    assert metric.distance_sum.grad_fn is None  # no autograd graph kept from earlier steps
+    assert {k for k, v in metric.metric_state.items()} == {"distance_sum", "pairs"}
+    assert all(v.numel() == 1 for v in metric.metric_state.values())
+    torch.testing.assert_close(metric.compute(), torch.cat(seen).mean())
+    metric.reset()
+    assert metric.pairs == 0 and metric.distance_sum == 0
+
+
 def test_frozen_network_stays_in_eval_mode():
     from helpers_metrics import WithNet
 
