@@ -178,6 +178,26 @@ def test_metric_under_autocast(metric):
     torch.testing.assert_close(d.float(), ref, atol=0.05, rtol=0.2)
 
 
+def test_attention_kernel_choice_keeps_the_numbers():
+    """Fused SDPA by default; the plain attention path on the CPU under bf16 autocast (faster there)."""
+    model = random_model("dino_vitb16")
+    backbone = model.extractor_list[0]
+    blocks = backbone.model.blocks
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.embed(x)
+        assert not any(b.attn.fused_attn for b in blocks)
+        fused = model.embed(x)  # fp32: back to the fused kernel
+        assert all(b.attn.fused_attn for b in blocks)
+        for b in blocks:  # the plain path in fp32, bypassing the choice, gives the same embedding
+            b.attn.fused_attn = False
+        m = backbone.model
+        plain = blocks(m.norm_pre(m._pos_embed(m.patch_embed((x - backbone.mean) / backbone.std))))[:, 0]
+    torch.testing.assert_close(normalize_embedding(plain), fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(low.float(), fused, atol=5e-3, rtol=0)
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="unknown DreamSim variant 'dino'"):
         DreamSimMetric(variant="dino", pretrained=False)
