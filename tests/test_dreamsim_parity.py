@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -163,3 +164,62 @@ def test_zero_shot_metrics_match_official_baselines(official_cache, images, name
     with torch.no_grad():
         torch.testing.assert_close(ours.pairwise(x, y), theirs(x, y), rtol=0, atol=ATOL)
         torch.testing.assert_close(ours.embed(x), theirs.embed(x), rtol=0, atol=ATOL * 10)
+
+
+def test_trained_lora_saves_as_an_official_adapter(official_cache, images, tmp_path):
+    """Fine-tune the LoRA of ``dino_vitb16`` with DreamSim's hinge loss, save it, load it back into
+    percepbench and into the official package: the same embeddings; the frozen backbone is untouched."""
+    root, states = official_cache
+    work = tmp_path / "cache"
+    work.mkdir()
+    for entry in root.iterdir():  # the backbone files as they are; the adapter folder is what we rewrite
+        if entry.name != "dino_vitb16_single_lora":
+            (work / entry.name).symlink_to(entry)
+    import shutil
+
+    shutil.copytree(root / "dino_vitb16_single_lora", work / "dino_vitb16_single_lora")
+    model = build_dreamsim("dino_vitb16", cache_dir=work, normalize_embeds=True)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if ".lora_" not in k}
+    params = model.lora_parameters()
+    assert len(params) == 24  # A and B of 12 qkv layers
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=1e-3)
+    g = torch.Generator().manual_seed(5)
+    ref, img0, img1 = (torch.rand(2, 3, 224, 224, generator=g) for _ in range(3))
+    human = torch.tensor([1.0, -1.0])  # +1: img1 is closer to ref, -1: img0 is
+
+    def hinge() -> torch.Tensor:  # the margin loss of DreamSim's training on 2AFC triplets
+        return torch.relu(0.05 - human * (model(ref, img0) - model(ref, img1))).mean()
+
+    with torch.no_grad():
+        start = hinge().item()
+    for _ in range(4):
+        opt.zero_grad()
+        loss = hinge()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert hinge().item() < start
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+
+    saved = model.save_lora(work / "dino_vitb16_single_lora")
+    assert json.loads((saved / "adapter_config.json").read_text())["lora_alpha"] == 32.0
+    x, _ = images
+    with torch.no_grad():
+        trained = model.embed(x)
+        reloaded = build_dreamsim("dino_vitb16", cache_dir=work).embed(x)
+        theirs, _ = official_model(work, states["dino"], dreamsim_type="dino_vitb16")
+        official = theirs.embed(x)
+    torch.testing.assert_close(reloaded, trained, rtol=0, atol=1e-6)
+    torch.testing.assert_close(official, trained, rtol=0, atol=ATOL)
+    with torch.no_grad():  # and the training moved the embeddings away from the adapter it started from
+        before = build_dreamsim("dino_vitb16", cache_dir=root).embed(x)
+    assert (before - trained).abs().max() > 1e-4
+
+
+def test_save_lora_needs_an_attached_adapter(official_cache, tmp_path):
+    root, _ = official_cache
+    model = build_dreamsim("dino_vitb16", cache_dir=root, merge=True)
+    with pytest.raises(RuntimeError, match="no LoRA attached"):
+        model.save_lora(tmp_path / "out")

@@ -17,6 +17,7 @@ creates), so an existing official cache dir works as it is::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,52 @@ class DreamSimModel(nn.Module):
         result = self.load_state_dict(ours, strict=False)
         if result.unexpected_keys:
             raise WeightsError(f"{path}: unexpected keys {result.unexpected_keys[:3]}")
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The LoRA matrices, the only weights DreamSim's training updates.
+
+        Example (fine-tuning; everything else stays frozen)::
+
+            model = build_dreamsim("dino_vitb16")           # LoRA attached, not merged
+            params = model.lora_parameters()
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=3e-4)
+        """
+        return [p for name, p in self.named_parameters() if ".lora_" in name]
+
+    def save_lora(self, lora_dir: str | Path) -> Path:
+        """Write the attached LoRA as an official adapter folder and return it.
+
+        ``adapter_config.json`` is in peft's format, with the attached settings. ``adapter_model.safetensors``
+        uses the official key names (``base_model.model.extractor_list.<i>.model.blocks.<k>.attn.qkv.lora_A.weight``).
+        :meth:`load_lora` reads the folder back, and so does the official ``dreamsim`` package when the folder
+        sits in its cache dir under the variant's name (e.g. ``dino_vitb16_single_lora``). Both files are
+        written to temporary names first and then moved into place, so an interrupted save never leaves a
+        half-written file; the weights' sha256 is recorded beside them (``load_lora`` checks it).
+        """
+        from peft import LoraConfig
+        from safetensors.torch import save_file
+
+        if self.lora_config is None:
+            raise RuntimeError("no LoRA attached (never added, or merged into the weights): nothing to save")
+        out = Path(lora_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = LoraConfig(**self.lora_config, inference_mode=True).to_dict()
+        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        tensors = {_to_official_key(k): v.detach().to("cpu", torch.float32).contiguous()
+                   for k, v in self.state_dict().items() if ".lora_" in k}
+        tmp_weights = out / ".adapter_model.safetensors.tmp"
+        tmp_config = out / ".adapter_config.json.tmp"
+        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
+        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        from percepbench.download import record_sha256, sha256_file
+
+        os.replace(tmp_weights, out / "adapter_model.safetensors")
+        os.replace(tmp_config, out / "adapter_config.json")
+        # the sidecar that load_lora checks: the new weights' hash replaces any older one
+        record_sha256(out / "adapter_model.safetensors", sha256_file(out / "adapter_model.safetensors"))
+        return out
 
     def merge_lora(self) -> None:
         """Fold LoRA into the ``qkv`` weights (W += alpha / r * B @ A) and drop the adapter layers."""
