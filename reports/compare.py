@@ -536,6 +536,9 @@ def compare_runs(
     for run, which in ((base, "baseline"), (nw, "new")):
         if not run.results.complete:
             notes.append(f"the {which} run is incomplete (interrupted or still running): {run.label}")
+    pb, pn = (str(r.results.meta.get("precision") or "fp32") for r in (base, nw))
+    if pb != pn:
+        notes.append(f"the runs used different precision ({pb} -> {pn}): expect small score shifts from that alone")
     _check_tasks(b, n, base, nw, notes)
 
     sb, sn = _Samples(base.results.samples), _Samples(nw.results.samples)

@@ -62,6 +62,8 @@ def test_bf16_runs_under_autocast_and_is_recorded(capsys, tmp_path, clean_env, l
     # the comparison and the report say which precision each run used
     comparison = compare_runs(tmp_path / "fp32", tmp_path / "bf16")
     assert ("precision", "fp32", "bf16") in comparison.header()
+    assert any("different precision (fp32 -> bf16)" in note for note in comparison.notes)
+    assert not compare_runs(tmp_path / "fp32", tmp_path / "fp32").notes
     md = (tmp_path / "bf16" / "report" / "report.md").read_text()
     assert "precision bf16" in md
     assert "precision" not in (tmp_path / "fp32" / "report" / "report.md").read_text().split("\n")[2]
