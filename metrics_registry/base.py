@@ -10,8 +10,8 @@ metric's ``grayscale`` convention is ``"reject"``. Anything else raises ``ValueE
 
 Output: ``compute()`` returns the mean (``reduction="mean"``), sum (``"sum"``) or the per-pair vector of
 shape (N,) (``"none"``) over everything seen since the last ``reset()``. With ``"none"`` the per-pair
-distances are kept in a list state reduced with ``cat``; mean and sum keep only a float64 running sum and
-a count (constant memory in a training loop). Both sync across DDP processes.
+distances are kept in a list state reduced with ``cat``; mean and sum keep only a running sum and a count
+(constant memory in a training loop). Both sync across DDP processes.
 
 Subclasses implement :meth:`distance` on validated float [0, 1] tensors and return shape (N,). Networks
 are built once in ``__init__`` and handed to :meth:`freeze`, which keeps them in eval mode with no
@@ -68,8 +68,9 @@ class DistanceMetric(Metric):
             self.add_state("distances", default=[], dist_reduce_fx="cat")
         else:
             # mean/sum need only a running sum and a count: constant memory however long a training loop
-            # calls the metric, and a two-number DDP sync. The sum is kept in float64.
-            self.add_state("distance_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            # calls the metric, and a two-number DDP sync. The sum has the default dtype (float32), like
+            # torchmetrics' MeanMetric: float64 would be more exact but does not exist on Apple's MPS.
+            self.add_state("distance_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
             self.add_state("pairs", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     # -- for subclasses ---------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class DistanceMetric(Metric):
         if self.reduction == "none":
             self.distances.append(d)
         else:
-            self.distance_sum = self.distance_sum + d.sum(dtype=torch.float64)
+            self.distance_sum = self.distance_sum + d.sum(dtype=self.distance_sum.dtype)
             self.pairs = self.pairs + d.numel()
 
     def _wrap_compute(self, compute: Any) -> Any:
@@ -149,5 +150,4 @@ class DistanceMetric(Metric):
     def compute(self) -> torch.Tensor:
         if self.reduction == "none":
             return dim_zero_cat(self.distances)
-        total = self.distance_sum if self.reduction == "sum" else self.distance_sum / self.pairs
-        return total.to(torch.get_default_dtype())
+        return self.distance_sum if self.reduction == "sum" else self.distance_sum / self.pairs
