@@ -221,7 +221,8 @@ def compute_distances_from_embeddings(
         todo = [p for p in unique if p not in file_hashes]
         if todo:
             try:
-                file_hashes.update(zip(todo, hash_files(todo, workers=max(4, resolve_num_workers(config.num_workers, device))), strict=True))
+                workers = max(4, resolve_num_workers(config.num_workers, device))
+                file_hashes.update(zip(todo, hash_files(todo, workers=workers), strict=True))
             except OSError as exc:
                 raise DataError(f"{getattr(exc, 'filename', None) or exc}: cannot read image file ({exc})") from exc
         memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough

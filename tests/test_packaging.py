@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import zipfile
@@ -29,6 +30,13 @@ def test_wheel_contains_mapped_packages(wheel):
                    "percepbench/reports/__init__.py", "percepbench/reports/summary.py"]:
         assert module in names, module
     assert not any(n.startswith(("tasks/", "reports/", "metrics_registry/", "tests/")) for n in names)
+    # every module of the source tree is in the wheel (a subpackage missing from pyproject's list is not)
+    mapping = {"percepbench": "percepbench", "metrics_registry": "percepbench/metrics_registry",
+               "tasks": "percepbench/tasks", "reports": "percepbench/reports"}
+    for folder, target in mapping.items():
+        for src in (REPO / folder).rglob("*.py"):
+            rel = src.relative_to(REPO / folder).as_posix()
+            assert f"{target}/{rel}" in names, f"{folder}/{rel} is missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "percepbench = percepbench.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -39,11 +47,16 @@ def test_mapped_packages_import_from_installed_wheel(wheel, tmp_path):
     subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, text=True, timeout=300)
     code = (
+        "import sys\n"
         "import percepbench, percepbench.metrics_registry, percepbench.tasks, percepbench.reports\n"
+        "import percepbench.cli, percepbench.models.dreamsim, percepbench.reports.build\n"
         "from percepbench.registry import METRICS, TASKS\n"
         "print(percepbench.__file__)\n"
         "print(percepbench.tasks.__file__)\n"
         "print(len(METRICS), len(TASKS))\n"
+        # the development checkout's editable finder must not have supplied any module
+        "print(sorted(m.__file__ for n, m in list(sys.modules.items())\n"
+        "             if n.startswith('percepbench') and getattr(m, '__file__', None)))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site))
     res = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -52,3 +65,6 @@ def test_mapped_packages_import_from_installed_wheel(wheel, tmp_path):
     assert lines[0].startswith(str(site)) and lines[1].startswith(str(site / "percepbench" / "tasks"))
     n_metrics, n_tasks = map(int, lines[2].split())
     assert n_metrics >= 16 and n_tasks >= 1
+    files = ast.literal_eval(lines[3])  # the printed list of module paths
+    assert len(files) > 20 and all(f.startswith(str(site)) for f in files), [f for f in files
+                                                                            if not f.startswith(str(site))]
