@@ -7,7 +7,8 @@
 #
 # With a .gpu-carry/ folder (benchmarks/gpu_prepare.sh), its wheels, percepbench's included, are
 # installed into $SITE (default /tmp/site) first and its fixtures are used; otherwise percepbench and its
-# dependencies must already be importable and ../shared/fixtures must exist. BENCH_SETTINGS (default cuda:fp32,cuda:bf16) and BENCH_ARGS pass through to the benchmark.
+# dependencies must already be importable and ../shared/fixtures must exist. BENCH_SETTINGS (default
+# cuda:fp32,cuda:bf16) and BENCH_ARGS pass through to the benchmark.
 set -uo pipefail
 OUT_DIR="${1:-${OUT:-gpu-check}}"
 PY="${PYTHON:-python3}"
