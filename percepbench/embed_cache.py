@@ -12,10 +12,10 @@ LoRA merged or not, random test weights... never share entries), the device type
 autocast precision (``--precision bf16``/``fp16``), and the metric's ``embedding_version``. The **image key** is the sha256 of the file's bytes, so a renamed or
 copied file hits the cache and an edited one does not.
 
-Concurrency and interruptions: an entry is written to a temporary file in its folder and moved into place
-with ``os.replace`` (atomic on POSIX and Windows), so readers see a whole entry or none, two runs writing
-the same entry both write the same bytes, and a run killed mid-write leaves at most a stray ``.tmp`` file,
-never a corrupt entry. An entry that still fails to load (disk damage, a hand-edited file) or has the
+Concurrency and interruptions: an entry is written with :func:`percepbench.fileio.atomic_write` (a
+temporary file in its folder moved into place with ``os.replace``, atomic on POSIX and Windows), so readers
+see a whole entry or none, two runs writing the same entry both write the same bytes, and a run killed
+mid-write leaves at most a stray ``.tmp`` file, never a corrupt entry. An entry that still fails to load (disk damage, a hand-edited file) or has the
 wrong shape is treated as a miss and rewritten.
 
 Root: ``--embed-cache DIR`` / ``RunConfig.embed_cache``, else ``$PERCEPBENCH_EMBED_CACHE``, else
@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,10 +37,10 @@ import numpy as np
 import torch
 
 import percepbench
+from percepbench.fileio import atomic_write, atomic_write_bytes, sha256_file
 
 #: bump when the entry format changes
 CACHE_FORMAT = 1
-_CHUNK = 1 << 20
 
 
 def default_root() -> Path:
@@ -54,18 +53,10 @@ def default_root() -> Path:
     return cache_dir() / "embeddings"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hash_files(paths: Sequence[str], *, workers: int = 8) -> list[str]:
     """sha256 of each file's bytes (threads: hashing releases the GIL). Errors propagate per file."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(file_sha256, paths))
+        return list(pool.map(sha256_file, paths))
 
 
 def state_hash(modules: Iterable[torch.nn.Module]) -> str:
@@ -119,7 +110,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "fingerprint.json"
         if description is not None and not meta.exists():
-            _atomic_bytes(meta, json.dumps(description, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(meta, json.dumps(description, indent=2, sort_keys=True).encode())
 
     def path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
@@ -140,26 +131,7 @@ class EmbeddingCache:
         return arr
 
     def put(self, key: str, embedding: np.ndarray) -> None:
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
         arr = np.ascontiguousarray(embedding, dtype=np.float32)
-
-        def write(f) -> None:
-            np.save(f, arr, allow_pickle=False)
-
-        _atomic_write(p, write)
+        atomic_write(self.path(key), lambda f: np.save(f, arr, allow_pickle=False))
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))

@@ -40,3 +40,7 @@ class OfflineError(WeightsError):
         super().__init__(message)
         self.files: list[tuple[Path, str]] = list(files)
         self.reason = reason
+
+
+class DiskFullError(WeightsError):
+    """A write failed because the disk is full (``ENOSPC``); the message names the file being written."""

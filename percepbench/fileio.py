@@ -4,20 +4,24 @@
   (atomic on POSIX and Windows), so a reader sees the old content or the new one, never half of it, and an
   interrupted write leaves no stray file under the final name. The temporary file is removed on any error.
 - :func:`sha256_file` hashes a file in 1 MiB chunks (constant memory on files of any size).
+- :func:`lock_file` is the one inter-process lock (downloads, extractions, dataset parts, run directories):
+  ``fcntl.flock`` on a lock file, which the kernel releases when the holder exits in any way (``kill -9``
+  included), so a lock is never left stale. Waiting or not is the caller's choice.
 
 Standard library only: reports and the CLI import this without importing torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["CHUNK", "atomic_write", "atomic_write_bytes", "atomic_write_text", "sha256_file"]
+__all__ = ["CHUNK", "LockHeld", "atomic_write", "atomic_write_bytes", "atomic_write_text", "lock_file", "sha256_file"]
 
 CHUNK = 1 << 20
 
@@ -76,3 +80,44 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = CHUNK) -> str:
         while chunk := fh.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+class LockHeld(BlockingIOError):
+    """:func:`lock_file` with ``wait=False`` found the lock held by another process (or another open file)."""
+
+
+@contextlib.contextmanager
+def lock_file(path: str | os.PathLike[str], *, wait: bool = True) -> Iterator[int]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the ``with`` block; yield its fd.
+
+    ``wait=True`` blocks until the lock is free; ``wait=False`` raises :class:`LockHeld` at once when it is
+    held. Where ``fcntl`` does not exist (Windows), ``msvcrt.locking`` on the first byte is used. The lock
+    file is left in place (removing a lock file another process may be waiting on is unsafe); closing the
+    descriptor, here or by the process ending, releases the lock.
+
+    Raises:
+        LockHeld: ``wait=False`` and the lock is held.
+        OSError: the lock file cannot be created or locked.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK if not wait else msvcrt.LK_LOCK, 1)
+                    break
+                except OSError as exc:  # LK_LOCK gives up after 10 s: keep waiting
+                    if not wait:
+                        raise LockHeld(f"{path} is locked") from exc
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                raise LockHeld(f"{path} is locked") from exc
+        yield fd
+    finally:
+        os.close(fd)

@@ -1,8 +1,10 @@
-"""One generic registry, used for metrics and for tasks.
+"""One generic registry, used for metrics, tasks and dataset sources.
 
 - Built-in specs register when their module is imported (``percepbench.metrics_registry`` /
-  ``percepbench.tasks``), the first time the registry is used. A broken built-in is an error.
-- Third-party plugins come from the entry-point groups ``percepbench.metrics`` and ``percepbench.tasks``.
+  ``percepbench.tasks``, which registers the tasks and the dataset sources of its benchmark modules), the
+  first time the registry is used. A broken built-in is an error.
+- Third-party plugins come from the entry-point groups ``percepbench.metrics``, ``percepbench.tasks`` and
+  ``percepbench.datasets``.
   An entry point may point at a spec, an iterable of specs, or a callable ``register(registry)``.
   A plugin that fails to load warns with its name and leaves the rest of the registry working.
 - Names are ``family`` or ``family.variant``. A family name resolves to its default variant
@@ -21,10 +23,11 @@ from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
+from percepbench.datasets import DatasetSource
 from percepbench.errors import UnknownNameError, UsageError
 from percepbench.specs import MetricSpec, TaskSpec
 
-S = TypeVar("S", MetricSpec, TaskSpec)
+S = TypeVar("S", MetricSpec, TaskSpec, DatasetSource)
 
 
 class PluginWarning(UserWarning):
@@ -34,8 +37,11 @@ class PluginWarning(UserWarning):
 class Registry(Generic[S]):
     """Name -> frozen spec, with family defaults, globs, plugins and did-you-mean errors."""
 
-    def __init__(self, kind: str, spec_type: type[S], builtin_module: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, spec_type: type[S], builtin_module: str, entry_point_group: str, *,
+                 list_command: str | None = None) -> None:
         self.kind = kind
+        #: the command that lists every name, quoted in "unknown name" errors
+        self.list_command = list_command or f"percepbench list {kind}s"
         self.spec_type = spec_type
         self.builtin_module = builtin_module
         self.entry_point_group = entry_point_group
@@ -157,7 +163,7 @@ class Registry(Generic[S]):
         msg = f"unknown {self.kind} {name!r}"
         if close:
             msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-        msg += f" (`percepbench list {self.kind}s` shows all {len(candidates)})"
+        msg += f" (`{self.list_command}` shows all {len(candidates)})"
         return msg
 
     def get(self, name: str) -> S:
@@ -202,6 +208,8 @@ class Registry(Generic[S]):
 
 METRICS: Registry[MetricSpec] = Registry("metric", MetricSpec, "percepbench.metrics_registry", "percepbench.metrics")
 TASKS: Registry[TaskSpec] = Registry("task", TaskSpec, "percepbench.tasks", "percepbench.tasks")
+DATASETS: Registry[DatasetSource] = Registry("dataset", DatasetSource, "percepbench.tasks", "percepbench.datasets",
+                                             list_command="percepbench data list")
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
@@ -210,3 +218,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
 
 def register_task(spec: TaskSpec) -> TaskSpec:
     return TASKS.register(spec)
+
+
+def register_dataset(source: DatasetSource) -> DatasetSource:
+    return DATASETS.register(source)

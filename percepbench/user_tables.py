@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from percepbench.errors import DataError, UsageError
+from percepbench.fileio import atomic_write_bytes
 
 HUB_PREFIX = "hf://datasets/"
 DATASETS_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow"}
@@ -132,16 +132,7 @@ def store_image(data: bytes, root: Path) -> Path:
     path = root / digest[:2] / f"{digest}{image_suffix(data)}"
     if path.is_file() and path.stat().st_size == len(data):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def image_column_paths(frame: pd.DataFrame, column: str, *, base: Path | None, images_root: Path,

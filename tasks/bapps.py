@@ -15,6 +15,15 @@ default; the pooled record ``all`` is the mean over every scored triplet.
 Patches are 64x64: a metric without a fixed input size gets them loaded at 64x64 bilinear, the official
 LPIPS protocol (a no-op on the official patches; recorded per metric in ``meta.protocol``); one with a fixed
 size gets them resized to it (e.g. DreamSim 224 bicubic).
+
+**Dataset source** (registered here as ``bapps``; ``percepbench data download bapps``; it also serves
+``bapps_jnd``): ``https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{jnd,twoafc_val,
+twoafc_train}.tar.gz`` (URLs verified: published by the authors' scripts); default parts ``jnd`` and
+``twoafc_val``, ``twoafc_train`` on request. **Not verified**: that they extract to ``dataset/jnd/...`` and
+``dataset/2afc/{val,train}/...``; a missing leading ``dataset/`` (or ``2afc/``) is accepted too.
+``percepbench data verify bapps`` checks, per selected part, that every subset folder exists and that the
+stems of ref/p0/p1/judge (2afc) or p0/p1/same (jnd) match; with ``--deep`` it also decodes every image
+and reads every label.
 """
 
 from __future__ import annotations
@@ -24,38 +33,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from percepbench.data import data_root as default_data_root
-from percepbench.data import download_command
+from percepbench.data import DATA_ROOT_HELP, download_command, fix_hint, task_data_dir, unreadable_images
+from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
-from percepbench.registry import register_task
+from percepbench.registry import register_dataset, register_task
 from percepbench.specs import TaskSpec
 from percepbench.tasks.files import FileTwoAFCTask, listed, split_list
 
-URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{twoafc_val,twoafc_train}.tar.gz"
+BASE_URL = "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/"
+URL = BASE_URL + "{twoafc_val,twoafc_train}.tar.gz"
 SUBSETS = {
     "val": ("traditional", "cnn", "superres", "deblur", "color", "frameinterp"),
     "train": ("traditional", "cnn", "mix"),
 }
 IMAGE_FOLDERS = ("ref", "p0", "p1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+BAPPS_LICENCE = "BSD-2-Clause (richzhang/PerceptualSimilarity)"
+BAPPS_CITATION = "Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018"
+#: the files the tasks read, relative to the data root (the dataset source's ``layout`` too)
+LAYOUT = ("bapps/dataset/2afc/{val,train}/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy, "
+          "bapps/dataset/jnd/val/{traditional,cnn}/{p0,p1,same}/<stem>.png|.npy")
 HOW_TO_GET = (
     "Download BAPPS with `percepbench data download bapps --root <data root>` (jnd and twoafc_val; add "
-    "--parts twoafc_train for the train split) from "
-    "https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{jnd,twoafc_val,twoafc_train}.tar.gz "
-    "(0.2 / 1.1 / 5.3 GB), or extract those archives into <data root>/bapps/ yourself, so that the layout is "
-    "<data root>/bapps/dataset/2afc/<split>/<subset>/{ref,p0,p1,judge}/<stem>.png|.npy and "
-    "<data root>/bapps/dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy; then pass --data-root <data root> "
-    "(or set PERCEPBENCH_DATA; without either, the default data root $XDG_CACHE_HOME/percepbench/data, i.e. "
-    "~/.cache/percepbench/data, is used, as by the download command), or --task-args "
-    "bapps_2afc:root=<folder holding 2afc/>"
+    f"--parts twoafc_train for the train split) from {BASE_URL}{{jnd,twoafc_val,twoafc_train}}.tar.gz "
+    "(0.2 / 1.1 / 5.3 GB), or extract those archives into <data root>/bapps/ yourself, so that the data root "
+    f"holds {LAYOUT}; then {DATA_ROOT_HELP}, or --task-args bapps_2afc:root=<folder holding 2afc/>"
 )
 
 
-def how_to_get(data_root: Path | None, split: str = "val") -> str:
-    """:data:`HOW_TO_GET`, preceded by the exact download command for ``data_root`` when it is known."""
+def how_to_get(data_root: Path | None, parts: list[str] | None = None) -> str:
+    """:data:`HOW_TO_GET`, preceded by the exact download command (for ``parts``, default the default
+    parts) when ``data_root`` is known."""
     if data_root is None:
         return HOW_TO_GET
-    parts = ["twoafc_train"] if split == "train" else None
     return f"Run `{download_command('bapps', data_root, parts)}` to download it. {HOW_TO_GET}"
 
 
@@ -97,15 +107,10 @@ def bapps_dataset_root(root: str | None, data_root: str | None) -> tuple[Path, P
     """(folder holding ``2afc/`` and ``jnd/``, data root it sits in or None, note on where it came from).
 
     ``root`` (a task's ``root=`` option) wins; else ``<data root>/bapps/dataset`` with the data root of
-    :func:`percepbench.data.data_root` (what ``percepbench data download bapps`` writes).
+    :func:`percepbench.data.data_root` (what ``percepbench data download bapps`` writes); see
+    :func:`percepbench.data.task_data_dir`.
     """
-    if root is not None:
-        path = Path(root).expanduser()
-        base = path.parent.parent if path.name == "dataset" and path.parent.name == "bapps" else None
-        return path, base, ""
-    base = default_data_root(data_root)
-    note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
-    return base / "bapps" / "dataset", base, note
+    return task_data_dir("bapps/dataset", root, data_root)
 
 
 def paired_by_stem(folder: Path, image_folders: tuple[str, ...], label_folder: str, what: str
@@ -152,7 +157,7 @@ class BAPPS2AFC(FileTwoAFCTask):
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
         root, data_base, note = bapps_dataset_root(self.root, data_root)
-        hint = how_to_get(data_base, self.split)
+        hint = how_to_get(data_base, ["twoafc_train"] if self.split == "train" else None)
         base = root / "2afc" / self.split
         if not base.is_dir():
             raise DataError(f"{base}: BAPPS 2AFC folder not found{note}. {hint}")
@@ -186,7 +191,86 @@ register_task(TaskSpec(
     target="percepbench.tasks.bapps:BAPPS2AFC",
     description="BAPPS 2AFC human judgments (LPIPS paper), 64x64 patches, val subsets traditional/cnn/"
                 "superres/deblur/color/frameinterp; options subsets (a+b), split (val|train), root",
-    kind="2afc", measure="2afc_accuracy", needs_data=True, offline=True,
-    licence="BAPPS: BSD-2-Clause (richzhang/PerceptualSimilarity)",
-    citation="Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018",
+    kind="2afc", measure="2afc_accuracy", needs_data=True,
+    licence=f"BAPPS: {BAPPS_LICENCE}", citation=BAPPS_CITATION,
+))
+
+
+# ------------------------------------------------------------------------------------------ dataset source
+
+#: per part: (folder under bapps/, subsets, image folders, label folder)
+_PART_LAYOUT = {
+    "jnd": ("dataset/jnd/val", ("traditional", "cnn"), ("p0", "p1"), "same"),
+    "twoafc_val": ("dataset/2afc/val", SUBSETS["val"], IMAGE_FOLDERS, "judge"),
+    "twoafc_train": ("dataset/2afc/train", SUBSETS["train"], IMAGE_FOLDERS, "judge"),
+}
+
+
+def verify_bapps(source: DatasetSource, root: Path, selected: list[Part], deep: bool) -> list[str]:
+    """Per selected part: every subset folder exists and the stems of its image and label folders match;
+    with ``deep``, every image decodes and every label holds one number in [0, 1]."""
+    dest = root / source.folder
+    problems: list[str] = []
+    for part in selected:
+        base_rel, subsets, image_folders, label_folder = _PART_LAYOUT[part.name]
+        fix = fix_hint(source, root, [part.name])
+        base = dest / base_rel
+        if not base.is_dir():
+            problems.append(f"{base}: BAPPS {part.name} folder missing. {fix}")
+            continue
+        for subset in subsets:
+            folder = base / subset
+            if not folder.is_dir():
+                problems.append(f"{folder}: BAPPS {part.name} subset folder missing. {fix}")
+                continue
+            found: dict[str, dict[str, Path]] = {}
+            for sub in (*image_folders, label_folder):
+                if not (folder / sub).is_dir():
+                    problems.append(f"{folder / sub}: folder missing. {fix}")
+                    continue
+                try:
+                    found[sub] = _stems(folder / sub, (".npy",) if sub == label_folder else IMAGE_SUFFIXES)
+                except DataError as exc:  # two files with one stem
+                    problems.append(f"{exc}. {fix}")
+            if len(found) < len(image_folders) + 1:
+                continue
+            every = set().union(*(s.keys() for s in found.values()))
+            if not every:
+                problems.append(f"{folder}: no files in {', '.join(found)}. {fix}")
+            for sub, stems in found.items():
+                lacking = sorted(every - stems.keys())
+                if lacking:
+                    ext = ".npy" if sub == label_folder else ".png"
+                    problems.append(f"{folder / sub}: {len(lacking)} file(s) missing that the other folders "
+                                    f"have (stems {listed(lacking)}; e.g. {folder / sub / (lacking[0] + ext)}). {fix}")
+            if deep:
+                images = [p for sub in image_folders for p in found[sub].values()]
+                problems += [f"{p}: image cannot be read ({why}). {fix_hint(source, root, [part.name], delete=p)}"
+                             for p, why in unreadable_images(images)]
+                for p in found[label_folder].values():
+                    try:
+                        read_fraction(p, label_folder)
+                    except DataError as exc:
+                        problems.append(f"{exc}. {fix_hint(source, root, [part.name], delete=p)}")
+    return problems
+
+
+register_dataset(DatasetSource(
+    name="bapps", title="BAPPS", folder="bapps",
+    description="BAPPS (LPIPS paper): 64x64 patch triplets with human 2AFC judgments, and JND pairs",
+    licence=BAPPS_LICENCE, citation=BAPPS_CITATION,
+    approx_size="jnd 0.2 GB + twoafc_val 1.1 GB (+ twoafc_train 5.3 GB)",
+    base_url=BASE_URL,
+    parts=(
+        Part("jnd", "jnd.tar.gz", "tar", ("dataset/jnd",), approx="0.2 GB"),
+        Part("twoafc_val", "twoafc_val.tar.gz", "tar", ("dataset/2afc/val",), approx="1.1 GB"),
+        Part("twoafc_train", "twoafc_train.tar.gz", "tar", ("dataset/2afc/train",), approx="5.3 GB"),
+    ),
+    default_parts=("jnd", "twoafc_val"),
+    verify=verify_bapps,
+    groups={"all": ("jnd", "twoafc_val", "twoafc_train"), "default": ("jnd", "twoafc_val")},
+    extraction="each .tar.gz extracted into bapps/: jnd -> bapps/dataset/jnd/, twoafc_val -> "
+               "bapps/dataset/2afc/val/, twoafc_train -> bapps/dataset/2afc/train/ (the archives are "
+               "expected to hold dataset/...; a missing leading dataset/ or 2afc/ is accepted)",
+    layout=LAYOUT,
 ))

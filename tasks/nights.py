@@ -14,6 +14,21 @@ d(ref, right)``; per-triplet score ``1 - p`` if d0 < d1, ``p`` if d1 < d0, 0.5 o
 subsets ``test_imagenet`` / ``test_no_imagenet`` and the pooled record ``all`` = the headline NIGHTS test
 accuracy (plain accuracy over the filtered test split, i.e. the size-weighted mean of the two);
 ``test_imagenet``, ``test_no_imagenet``, ``val`` and ``train`` score that part alone.
+
+**Dataset source** (registered here as ``nights``; ``percepbench data download nights``). URLs from the
+dataset authors, "verified" = published by their own scripts or pages, as recorded in percepbench's
+reference notes (percepbench's tests use a local server). Default parts: the chunk zips
+``https://data.csail.mit.edu/nights/nights_chunked/ref/000.zip`` ... ``099.zip`` and ``.../distort/000.zip``
+... ``099.zip`` (verified: the official chunked script), plus ``data.csv``. The chunked script forgets
+``data.csv`` and no standalone URL for it is known, so percepbench reads the one member ``nights/data.csv``
+out of the verified ``https://data.csail.mit.edu/nights/nights.zip`` with HTTP range requests (a few MB,
+not the whole archive); this needs a server that honours ``Range``, and fails with instructions otherwise.
+Part ``zip``: the single ``nights.zip`` instead (needs room for the archive and its content at once,
+whereas a chunk is deleted as soon as it is extracted). **Not verified**: the internal layout of the chunk
+zips. The official script unzips ``ref/NNN.zip`` into ``ref/``, which suggests members ``NNN/<file>.png``;
+extraction accepts that and also a leading ``nights/`` and/or ``ref/``/``distort/`` component, or the images
+at the top of the zip, and fails naming the archive if it finds none of these. ``percepbench data verify
+nights`` checks ``data.csv`` (columns, numeric votes) and every image of the rows with ``votes >= 6``.
 """
 
 from __future__ import annotations
@@ -24,10 +39,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from percepbench.data import data_root as default_data_root
-from percepbench.data import download_command
+from percepbench.data import (
+    DATA_ROOT_HELP,
+    download_command,
+    fix_hint,
+    missing_grouped,
+    task_data_dir,
+    unreadable_images,
+)
+from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
-from percepbench.registry import register_task
+from percepbench.registry import register_dataset, register_task
 from percepbench.specs import TaskSpec
 from percepbench.tasks.files import FileTwoAFCTask, numeric_column, read_csv
 
@@ -35,15 +57,18 @@ URL = "https://data.csail.mit.edu/nights/nights.zip"
 COLUMNS = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split",
            "is_imagenet", "prompt")
 SUBSETS = ("test", "test_imagenet", "test_no_imagenet", "val", "train")
+NIGHTS_LICENCE = ("see the DreamSim project (https://github.com/ssundaram21/dreamsim); images generated with "
+                  "Stable Diffusion")
+NIGHTS_CITATION = ("Fu et al., DreamSim: Learning New Dimensions of Human Visual Similarity using Synthetic Data, "
+                   "NeurIPS 2023")
 MIN_VOTES = 6
+#: the files the task reads, relative to the data root (the dataset source's ``layout`` too)
+LAYOUT = "nights/data.csv, nights/ref/<000-099>/<000-999>.png, nights/distort/<000-099>/<file>_0.png|_1.png"
 HOW_TO_GET = (
     "Download NIGHTS with `percepbench data download nights --root <data root>` (the official chunked "
     "archives https://data.csail.mit.edu/nights/nights_chunked/{ref,distort}/000.zip ... 099.zip plus data.csv, "
-    f"about 58 GB), or get {URL} and unzip it yourself, so that the layout is <data root>/nights/data.csv, "
-    "<data root>/nights/ref/<000-099>/<000-999>.png and <data root>/nights/distort/<000-099>/<file>_0.png|_1.png; "
-    "then pass --data-root <data root> (or set PERCEPBENCH_DATA; without either, the default data root "
-    "$XDG_CACHE_HOME/percepbench/data, i.e. ~/.cache/percepbench/data, is used, as by the download command), or "
-    "--task-args nights:root=<path to the nights folder>"
+    f"about 58 GB), or get {URL} and unzip it yourself, so that the data root holds {LAYOUT}; then "
+    f"{DATA_ROOT_HELP}, or --task-args nights:root=<path to the nights folder>"
 )
 
 
@@ -84,18 +109,9 @@ class NIGHTS(FileTwoAFCTask):
         self.root = None if root in (None, "") else str(root)
         self.min_votes = int(min_votes)
 
-    def _nights_root(self, data_root: str | None) -> tuple[Path, Path | None, str]:
-        """(nights folder, data root it sits in or None, note on where it came from)."""
-        if self.root is not None:
-            root = Path(self.root).expanduser()
-            return root, root.parent if root.name == "nights" else None, ""
-        base = default_data_root(data_root)
-        note = "" if data_root else f" (no data root given, so the default data root {base} was used)"
-        return base / "nights", base, note
-
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
-        root, base, note = self._nights_root(data_root)
+        root, base, note = task_data_dir("nights", self.root, data_root)
         hint = how_to_get(base)
         csv = root / "data.csv"
         if not root.is_dir():
@@ -161,9 +177,69 @@ register_task(TaskSpec(
     target="percepbench.tasks.nights:NIGHTS",
     description="NIGHTS 2AFC human judgments (DreamSim paper): votes >= 6, test split by default with "
                 "imagenet / no-imagenet subsets; options subset|split, root, min_votes",
-    kind="2afc", measure="2afc_accuracy", needs_data=True, offline=True,
-    licence="NIGHTS: see the DreamSim project (https://github.com/ssundaram21/dreamsim); images generated "
-            "with Stable Diffusion",
-    citation="Fu et al., DreamSim: Learning New Dimensions of Human Visual Similarity using Synthetic "
-             "Data, NeurIPS 2023",
+    kind="2afc", measure="2afc_accuracy", needs_data=True,
+    licence=f"NIGHTS: {NIGHTS_LICENCE}", citation=NIGHTS_CITATION,
 ))
+
+
+# ------------------------------------------------------------------------------------------ dataset source
+
+
+def verify_nights(source: DatasetSource, root: Path, selected: list[Part], deep: bool) -> list[str]:
+    """``data.csv`` present with the official columns and numeric ``votes``/``right_vote``; every image of
+    the rows with ``votes >= 6`` present (and, with ``deep``, decodable)."""
+    dest = root / source.folder
+    fix = fix_hint(source, root)
+    if not dest.is_dir():
+        return [f"{dest}: NIGHTS folder missing. {fix}"]
+    csv = dest / "data.csv"
+    if not csv.is_file():
+        return [f"{csv}: NIGHTS data.csv missing. {fix} (it reads nights/data.csv out of nights.zip)"]
+    try:
+        frame = read_csv(csv, COLUMNS)
+        votes = numeric_column(frame, "votes", csv)
+        numeric_column(frame, "right_vote", csv, lo=0.0, hi=1.0)
+    except DataError as exc:
+        return [f"{exc}. {fix_hint(source, root, delete=csv)}"]
+    kept = frame[(votes >= MIN_VOTES).to_numpy()]
+    rels = list(dict.fromkeys(str(p) for col in ("ref_path", "left_path", "right_path") for p in kept[col]))
+    missing = [r for r in rels if not (dest / r).is_file()]
+    problems = missing_grouped(dest, missing, fix, "image")
+    if deep:
+        present = [dest / r for r in rels if r not in set(missing)]
+        problems += [f"{p}: image cannot be read ({why}). {fix_hint(source, root, delete=p)}"
+                     for p, why in unreadable_images(present)]
+    return problems
+
+
+def nights_source(chunks: int = 100) -> DatasetSource:
+    """The NIGHTS source with ``chunks`` chunk zips per kind (100 officially; tests use fewer)."""
+    chunk_parts = tuple(
+        Part(f"{kind}/{i:03d}", f"nights_chunked/{kind}/{i:03d}.zip", "zip", (f"{kind}/{i:03d}",), flat=True)
+        for kind in ("ref", "distort") for i in range(chunks))
+    ref = tuple(p.name for p in chunk_parts if p.name.startswith("ref/"))
+    distort = tuple(p.name for p in chunk_parts if p.name.startswith("distort/"))
+    csv = Part("csv", "nights.zip", "zip_member", ("data.csv",), member="nights/data.csv", approx="a few MB")
+    whole = Part("zip", "nights.zip", "zip", ("data.csv", "ref", "distort"), approx="58 GB unzipped")
+    return DatasetSource(
+        name="nights", title="NIGHTS", folder="nights",
+        description="NIGHTS: 20,019 synthetic image triplets with human 2AFC similarity votes (DreamSim paper); "
+                    "percepbench scores the rows with votes >= 6",
+        licence=NIGHTS_LICENCE, citation=NIGHTS_CITATION,
+        approx_size="about 58 GB unzipped",
+        base_url="https://data.csail.mit.edu/nights/",
+        parts=(csv, *chunk_parts, whole),
+        default_parts=("csv", *ref, *distort),
+        verify=verify_nights,
+        groups={"ref": ref, "distort": distort, "chunks": ref + distort, "default": ("csv", *ref, *distort)},
+        parts_hint=" and single chunks such as ref/007 or distort/042",
+        strip_prefixes=("nights",),
+        extraction="chunks: nights_chunked/ref/NNN.zip -> nights/ref/NNN/, nights_chunked/distort/NNN.zip -> "
+                   "nights/distort/NNN/ (a leading nights/, ref/ or distort/ folder in the zip is accepted; "
+                   "the chunks' internal layout is not verified); data.csv: the member nights/data.csv of "
+                   "nights.zip, read with HTTP range requests; parts=zip: nights.zip extracted whole",
+        layout=LAYOUT,
+    )
+
+
+register_dataset(nights_source())

@@ -3,28 +3,41 @@ local HTTP server on 127.0.0.1 (tests/local_http.py), packed like the official a
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import io
 import json
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
-from percepbench import data
 from percepbench.data import (
-    DATASETS,
     ManualDownloadError,
     data_root,
     download_command,
     download_dataset,
-    select_parts,
+    get_source,
+    trust_notes,
     verify_dataset,
 )
-from percepbench.errors import DataError, OfflineError, UsageError
+from percepbench.errors import DataError, DiskFullError, OfflineError, UsageError
+from percepbench.registry import DATASETS
+from percepbench.tasks.nights import nights_source
+
+from conftest import PYTHON, REPO
+from layouts import (
+    BappsTriplet,
+    JNDPair,
+    NightsTriplet,
+    bapps_2afc_files,
+    bapps_jnd_files,
+    npy_bytes,
+    png_bytes,
+)
+from layouts import nights_files as layout_nights_files
 
 pytestmark = pytest.mark.usefixtures("weights_env")
 
@@ -34,20 +47,12 @@ def no_user_data(monkeypatch, tmp_path):
     """Neither $PERCEPBENCH_DATA nor the user's cache folder is ever used: the default root is private."""
     monkeypatch.delenv("PERCEPBENCH_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    for name in DATASETS:
+    for name in DATASETS.names():
         monkeypatch.delenv(f"PERCEPBENCH_DATA_URL_{name.upper()}", raising=False)
 
 
-def png(value: int, size: int = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy(value) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(value, dtype=np.float32))
-    return buf.getvalue()
+def png(value: int) -> bytes:
+    return png_bytes(value, 8)
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:
@@ -78,23 +83,30 @@ def requested(server) -> list[str]:
     return [r["path"] for r in server.requests]
 
 
+@pytest.fixture
+def small_nights():
+    """Replace the registered NIGHTS source by one with ``chunks`` chunk zips per kind, for one test."""
+    original = DATASETS.get("nights")
+
+    def use(chunks: int) -> None:
+        DATASETS.unregister("nights")
+        DATASETS.register(nights_source(chunks=chunks))
+
+    yield use
+    DATASETS.unregister("nights")
+    DATASETS.register(original)
+
+
 # ------------------------------------------------------------------------------------------------ NIGHTS
 
 
 def nights_files() -> dict[str, bytes]:
     """A NIGHTS tree (paths relative to the nights folder): 8 triplets in chunks 000 and 001, data.csv."""
-    files, rows = {}, []
-    for i in range(8):
-        chunk = f"{i // 4:03d}"
-        ref, left, right = f"ref/{chunk}/{i:03d}.png", f"distort/{chunk}/{i:03d}_0.png", f"distort/{chunk}/{i:03d}_1.png"
-        files[ref], files[left] = png(100), png(100 + 10 * (i % 3))
-        if i != 7:  # row 7 has votes 5: filtered out, and its right image does not exist
-            files[right] = png(100 + 5 * (i % 4))
-        rows.append({"id": i, "left_vote": 0.0, "right_vote": 1.0, "votes": 5 if i == 7 else 6,
-                     "ref_path": ref, "left_path": left, "right_path": right,
-                     "split": "test", "is_imagenet": i % 2 == 0, "prompt": f"p{i}"})
-    files["data.csv"] = pd.DataFrame(rows).to_csv(index=False).encode()
-    return files
+    return layout_nights_files(
+        [NightsTriplet(id=i, ref=100, left=100 + 10 * (i % 3), right=100 + 5 * (i % 4), right_vote=1.0,
+                       votes=5 if i == 7 else 6, is_imagenet=i % 2 == 0,
+                       missing=("right",) if i == 7 else ())  # row 7: filtered out, its right image absent
+         for i in range(8)], per_chunk=4)
 
 
 def chunk(files: dict[str, bytes], kind: str, number: str, style: str) -> bytes:
@@ -107,9 +119,9 @@ def chunk(files: dict[str, bytes], kind: str, number: str, style: str) -> bytes:
 
 
 @pytest.fixture
-def nights_server(server, monkeypatch):
+def nights_server(server, monkeypatch, small_nights):
     """NIGHTS with 2 chunks per kind, served like data.csail.mit.edu/nights/: chunk zips and nights.zip."""
-    monkeypatch.setitem(DATASETS, "nights", data._nights(chunks=2))
+    small_nights(2)
     monkeypatch.setenv("PERCEPBENCH_DATA_URL_NIGHTS", server.base + "/")
     files = nights_files()
     styles = {("ref", "000"): "official", ("ref", "001"): "kind", ("distort", "000"): "nights",
@@ -130,25 +142,25 @@ def prepared_nights(root: Path | None):
 
 
 def test_official_sources_and_parts():
-    nights = DATASETS["nights"]
+    nights = get_source("nights")
     urls = {p.name: nights.url(p) for p in nights.parts}
     assert urls["ref/000"] == "https://data.csail.mit.edu/nights/nights_chunked/ref/000.zip"
     assert urls["distort/099"] == "https://data.csail.mit.edu/nights/nights_chunked/distort/099.zip"
     assert urls["csv"] == urls["zip"] == "https://data.csail.mit.edu/nights/nights.zip"
     assert nights.part("csv").member == "nights/data.csv"
-    default = select_parts(nights, None)
+    default = nights.select(None)
     assert len(default) == 201 and default[0].name == "csv" and "zip" not in {p.name for p in default}
-    assert [p.name for p in select_parts(nights, "zip")] == ["zip"]
-    assert [p.name for p in select_parts(nights, ["csv", "ref/007"])] == ["csv", "ref/007"]
-    bapps = DATASETS["bapps"]
+    assert [p.name for p in nights.select("zip")] == ["zip"]
+    assert [p.name for p in nights.select(["csv", "ref/007"])] == ["csv", "ref/007"]
+    bapps = get_source("bapps")
     assert [bapps.url(p) for p in bapps.parts] == [
         f"https://perceptual-similarity.s3.us-west-2.amazonaws.com/dataset/{n}.tar.gz"
         for n in ("jnd", "twoafc_val", "twoafc_train")]
-    assert [p.name for p in select_parts(bapps, None)] == ["jnd", "twoafc_val"]
-    assert [p.name for p in select_parts(bapps, "twoafc_train")] == ["twoafc_train"]
-    for source in DATASETS.values():
+    assert [p.name for p in bapps.select(None)] == ["jnd", "twoafc_val"]
+    assert [p.name for p in bapps.select("twoafc_train")] == ["twoafc_train"]
+    for source in DATASETS.specs():
         assert source.description and source.licence and source.citation and source.approx_size and source.layout
-    assert DATASETS["things"].manual and "b2a4j" in DATASETS["things"].manual
+    assert get_source("things").manual and "b2a4j" in get_source("things").manual
 
 
 def test_data_root_and_command(monkeypatch, tmp_path):
@@ -282,24 +294,15 @@ BAPPS_VAL = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
 
 def bapps_members(part: str) -> dict[str, bytes]:
     """The members of the official archive ``part``.tar.gz: dataset/2afc/val/... or dataset/jnd/val/..."""
-    members = {}
+    stems = ("000000", "000001")
     if part == "jnd":
-        for subset in ("traditional", "cnn"):
-            for i, stem in enumerate(("000000", "000001")):
-                base = f"dataset/jnd/val/{subset}"
-                members[f"{base}/p0/{stem}.png"] = png(50)
-                members[f"{base}/p1/{stem}.png"] = png(60 + i)
-                members[f"{base}/same/{stem}.npy"] = npy([0.5])
-    else:
-        split = part.removeprefix("twoafc_")
-        for subset in BAPPS_VAL if split == "val" else ("traditional", "cnn", "mix"):
-            for i, stem in enumerate(("000000", "000001")):
-                base = f"dataset/2afc/{split}/{subset}"
-                members[f"{base}/ref/{stem}.png"] = png(120)
-                members[f"{base}/p0/{stem}.png"] = png(130 + i)
-                members[f"{base}/p1/{stem}.png"] = png(150 - i)
-                members[f"{base}/judge/{stem}.npy"] = npy([0.25 * (i + 1)])
-    return members
+        return bapps_jnd_files({subset: [JNDPair(stem, p0=50, p1=60 + i, same=0.5) for i, stem in enumerate(stems)]
+                                for subset in ("traditional", "cnn")}, size=8)
+    split = part.removeprefix("twoafc_")
+    return bapps_2afc_files(
+        {subset: [BappsTriplet(stem, ref=120, p0=130 + i, p1=150 - i, judge=0.25 * (i + 1))
+                  for i, stem in enumerate(stems)]
+         for subset in (BAPPS_VAL if split == "val" else ("traditional", "cnn", "mix"))}, split=split, size=8)
 
 
 @pytest.fixture
@@ -321,6 +324,12 @@ def test_bapps_download_is_read_by_the_task(bapps_server, tmp_path):
     task.prepare(data_root=str(root), progress=False)
     assert len(task.items) == 12 and task.items["p"].tolist()[:2] == [0.25, 0.5]
     assert verify_dataset("bapps", root, deep=True) == []
+    served = {p: hashlib.sha256((bapps_server.root / f"{p}.tar.gz").read_bytes()).hexdigest()
+              for p in ("jnd", "twoafc_val")}
+    assert trust_notes("bapps", root) == [  # the hosts publish no checksums: say so
+        f"{p}: archive sha256 {served[p]} recorded on first use, never checked against a published value"
+        for p in ("jnd", "twoafc_val")]
+    assert trust_notes("bapps", root, parts="twoafc_train") == []  # not downloaded
     assert verify_dataset("bapps", root, parts="twoafc_train") == [
         f"{dest / 'dataset/2afc/train'}: BAPPS twoafc_train folder missing. Fix: run "
         f"`percepbench data download bapps --root {root} --parts twoafc_train`"]
@@ -339,11 +348,109 @@ def test_resume_after_dropped_connection_and_leftover_part(bapps_server, tmp_pat
     archive = bapps_server.root / "jnd.tar.gz"
     downloads = root / "bapps" / ".percepbench" / "downloads"
     downloads.mkdir(parents=True)
-    (downloads / "jnd.tar.gz.part").write_bytes(archive.read_bytes()[:100])  # left by an interrupted run
-    bapps_server.drop_after = 300  # and the connection drops during this run
+    # a leftover with no record of the response it came from (its ETag) is not resumed: it starts again
+    (downloads / "jnd.tar.gz.part").write_bytes(archive.read_bytes()[:100])
+    bapps_server.drop_after = 300  # and the connection drops during this run: that one is resumed
     download_dataset("bapps", root, parts="jnd", progress=False)
-    assert [r["range"] for r in bapps_server.requests] == ["bytes=100-", "bytes=400-"]
+    assert [r["range"] for r in bapps_server.requests] == [None, "bytes=300-"]
     assert verify_dataset("bapps", root, parts="jnd") == []
+
+
+def test_symlink_chain_from_issue_12_is_refused_through_the_cli(bapps_server, tmp_path, capsys):
+    """``p/q -> ..`` then ``p/q/.../dataset -> <victim>``: installing the part must not move the victim's
+    ``jnd`` folder into the data root."""
+    from percepbench.cli import main
+
+    victim = tmp_path / "victim"
+    (victim / "jnd" / "val").mkdir(parents=True)
+    (victim / "jnd" / "val" / "keep.txt").write_bytes(b"mine")
+    root = tmp_path / "d"
+    # installed from <root>/bapps/.percepbench/staging-jnd/content/: five levels below tmp_path
+    chain = "/".join(["p/q"] * 10)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, target in (("p/q", ".."), (f"{chain}/dataset", "../" * 5 + "victim")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    serve(bapps_server, "jnd.tar.gz", buf.getvalue())
+    assert main(["data", "download", "bapps", "--parts", "jnd", "--root", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "BAPPS part jnd" in err and "'p/q' is a link to '..'" in err and "refusing to extract it" in err
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == ["jnd", "jnd/val",
+                                                                                  "jnd/val/keep.txt"]
+    assert not (root / "bapps" / "dataset").exists()
+    assert not (root / "bapps" / ".percepbench" / "done" / "jnd.json").exists()
+
+
+def test_data_verify_says_what_each_archive_was_checked_against(bapps_server, tmp_path, capsys):
+    from percepbench.cli import main
+
+    root = tmp_path / "d"
+    download_dataset("bapps", root, parts="jnd", progress=False)
+    capsys.readouterr()
+    assert main(["data", "verify", "bapps", "--parts", "jnd", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256((bapps_server.root / "jnd.tar.gz").read_bytes()).hexdigest()
+    assert f"jnd: archive sha256 {digest} recorded on first use, never checked against a published value" in out
+
+
+def test_locating_a_part_never_follows_a_link(tmp_path):
+    """Defence in depth behind the extractors (which leave no links): a staged tree whose path to the part
+    goes through a link is not installed from."""
+    from percepbench.dataset_parts import locate as _locate
+
+    outside = tmp_path / "outside"
+    (outside / "jnd" / "val").mkdir(parents=True)
+    (outside / "x.png").write_bytes(b"x")
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "dataset").symlink_to(outside, target_is_directory=True)
+    assert (content / "dataset" / "jnd").is_dir()  # reachable through the link ...
+    assert _locate(content, "dataset/jnd", (), flat=False) is None  # ... but not located through it
+    assert _locate(content, "dataset/x.png", (), flat=False) is None
+    linked = tmp_path / "linked"
+    linked.symlink_to(outside / "jnd", target_is_directory=True)
+    assert _locate(linked, "dataset/val", (), flat=False) is None
+    (content / "dataset").unlink()
+    (content / "dataset" / "jnd").mkdir(parents=True)
+    assert _locate(content, "dataset/jnd", (), flat=False) == content / "dataset" / "jnd"
+
+
+def test_full_disk_keeps_the_archive_and_names_the_path(bapps_server, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from percepbench import download as dl
+
+    root = tmp_path / "d"
+    download_dataset("bapps", root, parts="jnd", progress=False, keep_archives=True)
+    archive = root / "bapps/.percepbench/downloads/jnd.tar.gz"
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def full_on_write(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 (closed by the caller)
+        return Full(fh) if any(c in mode for c in "wax") else fh
+
+    monkeypatch.setattr(dl, "open", full_on_write, raising=False)
+    with pytest.raises(DiskFullError) as info:
+        download_dataset("bapps", root, parts="jnd", progress=False, force=True)
+    msg = str(info.value)
+    assert msg.startswith("BAPPS part jnd: no space left on the device") and str(root / "bapps") in msg
+    assert f"the archive {archive} is kept" in msg and archive.is_file()
+    assert requested(bapps_server) == ["/jnd.tar.gz"]
 
 
 @pytest.mark.parametrize("kind", ["tar", "zip"])
@@ -364,7 +471,9 @@ def test_truncated_archive_is_an_error_and_leaves_no_marker(bapps_server, nights
     with pytest.raises(DataError, match="truncated or corrupt") as info:
         download_dataset(name, root, parts=part, progress=False)
     msg = str(info.value)
-    assert str(archive) in msg and "was deleted" in msg and f"percepbench data download {name} --root {root}" in msg
+    # a truncated zip is refused when downloaded (its central directory is missing), a tar when extracted
+    assert str(archive) in msg and ("removed it" if kind == "zip" else "was deleted") in msg
+    assert f"percepbench data download {name} --root {root}" in msg
     assert not marker.exists() and not produced.exists() and not archive.exists()
     assert not [p for p in marker.parent.parent.iterdir() if p.name.startswith("staging")]
     served.write_bytes(good)  # the next call downloads it again and succeeds
@@ -403,7 +512,7 @@ def test_bapps_verify_reports_deleted_image_and_bad_npy(bapps_server, tmp_path):
     cnn = dest / "dataset/2afc/val/cnn"
     (cnn / "p0/000001.png").unlink()
     (cnn / "judge/000000.npy").write_bytes(b"garbage, not a numpy file")
-    (dest / "dataset/jnd/val/traditional/same/000000.npy").write_bytes(npy([1.5]))
+    (dest / "dataset/jnd/val/traditional/same/000000.npy").write_bytes(npy_bytes([1.5]))
     fix = f"Fix: run `percepbench data download bapps --root {root}`"
     (shallow,) = verify_dataset("bapps", root)
     assert shallow.startswith(f"{cnn / 'p0'}: 1 file(s) missing") and str(cnn / "p0/000001.png") in shallow
@@ -444,10 +553,10 @@ def test_offline_mode_lists_every_file_url_and_destination(bapps_server, nights_
     assert verify_dataset("bapps", root, parts="jnd") == [] and bapps_server.requests == []
 
 
-def test_network_failure_lists_everything_still_missing(monkeypatch, tmp_path):
+def test_network_failure_lists_everything_still_missing(monkeypatch, tmp_path, small_nights):
     from local_http import closed_port_url
 
-    monkeypatch.setitem(DATASETS, "nights", data._nights(chunks=1))
+    small_nights(1)
     base = closed_port_url("").rstrip("/")
     monkeypatch.setenv("PERCEPBENCH_DATA_URL_NIGHTS", base)
     with pytest.raises(OfflineError) as info:
@@ -525,3 +634,36 @@ def test_data_unzipped_by_hand_is_kept(bapps_server, tmp_path, capsys):
     assert requested(bapps_server) == ["/jnd.tar.gz"]
     download_dataset("bapps", root, parts="jnd", progress=False, force=True)
     assert requested(bapps_server) == ["/jnd.tar.gz", "/jnd.tar.gz"]
+
+
+# ---------------------------------------------------------------------------------------------- boundaries
+
+
+def test_core_data_module_imports_no_task_module():
+    """percepbench/data.py is generic: its source names no percepbench.tasks module (at any depth, lazily
+    or not), and importing it in a fresh interpreter leaves percepbench.tasks unimported."""
+    tree = ast.parse((REPO / "percepbench" / "data.py").read_text(encoding="utf-8"))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert imported and not [m for m in imported if m and (m == "percepbench.tasks" or m.startswith(
+        "percepbench.tasks.") or m == "tasks" or m.startswith("tasks."))]
+    done = subprocess.run([PYTHON, "-c", "import sys, percepbench.data; "
+                                         "print(sorted(m for m in sys.modules if m.startswith('percepbench.tasks')))"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_core_data_module_names_no_builtin_dataset():
+    """No built-in dataset is named in the core's code: its strings and identifiers (docstrings aside)."""
+    tree = ast.parse((REPO / "percepbench" / "data.py").read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    words = [n.value for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    words += [getattr(n, "id", None) or getattr(n, "attr", None) or getattr(n, "name", "") for n in ast.walk(tree)
+              if isinstance(n, (ast.Name, ast.Attribute, ast.FunctionDef, ast.ClassDef))]
+    assert len(words) > 100
+    for dataset in ("nights", "bapps", "things"):
+        assert not [w for w in words if dataset in w.lower()], dataset

@@ -22,18 +22,23 @@ import pytest
 import torch
 
 from percepbench.download import (
+    EXTRACT_RATIO_ENV,
+    RangeReader,
     check_safetensors,
     check_torch_file,
     download,
     extract_tar,
     extract_zip,
+    fetch_zip_member,
     is_offline,
     recorded_sha256,
+    safe_member_parts,
     sha256_file,
     sha256_sidecar,
+    trust_level,
     verify_file,
 )
-from percepbench.errors import OfflineError, WeightsError
+from percepbench.errors import DataError, DiskFullError, OfflineError, UsageError, WeightsError
 
 from conftest import REPO
 from local_http import LocalServer, closed_port_url  # noqa: F401  (LocalServer: used by other test modules)
@@ -61,7 +66,7 @@ def test_fresh_download_verifies_and_records_sha256(server, tmp_path):
     assert not (dest.parent / "w.bin.part").exists()
     assert sha256_sidecar(dest).read_text() == f"{sha(data)}  w.bin\n"
     assert recorded_sha256(dest) == sha(data)
-    assert server.requests == [{"path": "/w.bin", "range": None}]
+    assert server.requests == [{"path": "/w.bin", "range": None, "if_range": None}]
 
 
 def test_existing_file_is_verified_not_downloaded_again(server, tmp_path):
@@ -114,14 +119,25 @@ def test_resume_without_known_checksum(server, tmp_path):
     assert server.requests[1]["range"] == "bytes=12345-"
 
 
+def interrupted(server, url: str, dest: Path, after: int) -> Path:
+    """Leave ``<dest>.part`` (with its validator record) as a download cut after ``after`` bytes leaves it."""
+    server.drop_after = after
+    with pytest.raises(OfflineError, match="bytes kept in"):
+        download(url, dest, progress=False, retries=0)
+    part = dest.with_name(dest.name + ".part")
+    assert part.stat().st_size == after
+    return part
+
+
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     data = payload()
     url = server.add("w.bin", data)
-    server.ignore_range = True
     dest = tmp_path / "w.bin"
-    (tmp_path / "w.bin.part").write_bytes(b"x" * 5000)  # a leftover that must not end up in the file
+    part = interrupted(server, url, dest, 5000)
+    part.write_bytes(b"x" * 5000)  # bytes that must not end up in the file
+    server.ignore_range = True
     download(url, dest, sha256=sha(data), progress=False)
-    assert [r["range"] for r in server.requests] == ["bytes=5000-"]
+    assert [r["range"] for r in server.requests] == [None, "bytes=5000-"]
     assert dest.read_bytes() == data
 
 
@@ -129,19 +145,139 @@ def test_stale_part_failing_checksum_is_downloaded_again_from_zero(server, tmp_p
     data = payload()
     url = server.add("w.bin", data)
     dest = tmp_path / "w.bin"
-    (tmp_path / "w.bin.part").write_bytes(b"y" * 1000)  # not a prefix of the file
+    interrupted(server, url, dest, 1000).write_bytes(b"y" * 1000)  # damaged locally: not a prefix of the file
     download(url, dest, sha256=sha(data), progress=False)
-    assert [r["range"] for r in server.requests] == ["bytes=1000-", None]
+    assert [r["range"] for r in server.requests] == [None, "bytes=1000-", None]
     assert dest.read_bytes() == data
 
 
 def test_part_longer_than_file_restarts(server, tmp_path):
     data = payload(10_000)
     url = server.add("w.bin", data)
-    (tmp_path / "w.bin.part").write_bytes(b"z" * 20_000)
-    dest = download(url, tmp_path / "w.bin", progress=False)  # 416, then a fresh download
-    assert dest.read_bytes() == data
-    assert [r["range"] for r in server.requests] == ["bytes=20000-", None]
+    dest = tmp_path / "w.bin"
+    interrupted(server, url, dest, 1000).write_bytes(b"z" * 20_000)
+    assert download(url, dest, progress=False).read_bytes() == data
+    assert server.requests[-1]["range"] is None
+
+
+# --------------------------------------------------------------------------------- trust on first use
+
+
+def test_part_without_a_validator_record_is_not_resumed(server, tmp_path):
+    """A leftover .part of unknown origin (another server, another file) is never resumed."""
+    data = payload()
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    (tmp_path / "w.bin.part").write_bytes(b"from another server" * 100)
+    assert download(url, dest, progress=False).read_bytes() == data  # no known hash: nothing else catches it
+    assert [r["range"] for r in server.requests] == [None]
+    assert recorded_sha256(dest) == sha(data)
+
+
+def test_part_is_resumed_only_while_its_validator_matches(server, tmp_path):
+    old, new = payload(seed=1), payload(seed=2)
+    url = server.add("w.bin", old)
+    dest = tmp_path / "w.bin"
+    part = interrupted(server, url, dest, 50_000)
+    record = json.loads(part.with_name("w.bin.part.json").read_text())
+    assert record["url"] == url and record["etag"] == f'"{sha(old)[:16]}"'
+    server.add("w.bin", new)  # the file changed on the server since the .part was started
+    assert download(url, dest, progress=False).read_bytes() == new
+    assert server.requests[-1]["range"] == "bytes=50000-" and server.requests[-1]["if_range"] == record["etag"]
+    assert recorded_sha256(dest) == sha(new) and not part.exists() and not part.with_name("w.bin.part.json").exists()
+    # unchanged: the resume is honoured (206), so only the rest is fetched
+    dest2 = tmp_path / "w2.bin"
+    interrupted(server, url, dest2, 70_000)
+    assert download(url, dest2, progress=False).read_bytes() == new
+    assert server.requests[-1]["range"] == "bytes=70000-" and server.bodies["/w.bin"] == 4
+
+
+def test_no_validator_means_no_resume(server, tmp_path):
+    data = payload()
+    url = server.add("w.bin", data)
+    server.validators = False
+    dest = tmp_path / "w.bin"
+    interrupted(server, url, dest, 40_000)
+    assert download(url, dest, progress=False).read_bytes() == data
+    assert [r["range"] for r in server.requests] == [None, None]
+
+
+def test_html_error_page_served_with_200_is_refused(server, tmp_path):
+    page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>quota exceeded</body></html>"
+    url = server.add("weights.zip", page)
+    server.content_types["weights.zip"] = "text/html; charset=utf-8"
+    with pytest.raises(WeightsError, match="HTML page") as info:
+        download(url, tmp_path / "weights.zip", progress=False)
+    assert url in str(info.value) and str(tmp_path / "weights.zip") in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["served"]  # nothing kept, no hash recorded
+    # the same page without the telling Content-Type is refused by its content
+    server.content_types.clear()
+    with pytest.raises(WeightsError, match="not a zip archive"):
+        download(url, tmp_path / "weights.zip", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["served"]
+
+
+def _torch_bytes(tmp_path: Path, *, legacy: bool) -> bytes:
+    f = tmp_path / f"t{legacy}.pth"
+    torch.save({"w": torch.arange(4.0)}, f, _use_new_zipfile_serialization=not legacy)
+    return f.read_bytes()
+
+
+def _safetensors_bytes() -> bytes:
+    from safetensors.torch import save
+
+    return save({"w": torch.arange(4.0)})
+
+
+def _tar_gz_bytes() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    return buf.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.txt", b"abc")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("name", "fmt", "problem"), [
+    ("m.zip", None, "not a zip archive"),
+    ("m.tar.gz", None, "not a tar archive"),
+    ("m.pth", None, "not a torch checkpoint"),
+    ("m.safetensors", None, "not a valid safetensors file"),
+    ("m.bin", "zip", "not a zip archive"),
+    ("m.bin", "tar", "not a tar archive"),
+])
+def test_declared_format_is_checked_before_a_download_is_accepted(server, tmp_path, name, fmt, problem):
+    good = {"zip": _zip_bytes(), "tar": _tar_gz_bytes(), "torch": _torch_bytes(tmp_path, legacy=False),
+            "safetensors": _safetensors_bytes()}
+    kind = fmt or {".zip": "zip", ".gz": "tar", ".pth": "torch", ".safetensors": "safetensors"}[Path(name).suffix]
+    url = server.add(name, b"\x00garbage that is no archive and no checkpoint" * 50)
+    dest = tmp_path / "cache" / name
+    with pytest.raises(WeightsError, match=problem) as info:
+        download(url, dest, progress=False, format=fmt)
+    assert str(dest) in str(info.value) and url in str(info.value)
+    assert [p.name for p in dest.parent.iterdir()] == [f"{name}.lock"]  # the lock file stays, empty
+    server.add(name, good[kind])
+    assert download(url, dest, progress=False, format=fmt).read_bytes() == good[kind]
+
+
+def test_legacy_torch_checkpoint_is_accepted(server, tmp_path):
+    data = _torch_bytes(tmp_path, legacy=True)
+    url = server.add("old.pth", data)
+    assert download(url, tmp_path / "cache" / "old.pth", progress=False).read_bytes() == data
+
+
+def test_trust_levels_say_what_was_checked():
+    assert trust_level("ab" * 32) == "checked against a published sha256"
+    assert trust_level(None) == "recorded on first use, never checked against a published value"
+    assert trust_level(None, "abcd1234") == ("recorded on first use, checked only against the published sha256 "
+                                             "prefix abcd1234")
 
 
 def test_checksum_mismatch_leaves_nothing(server, tmp_path):
@@ -154,7 +290,7 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     msg = str(info.value)
     assert "checksum mismatch" in msg and "w.bin" in msg and url in msg and wrong in msg and sha(data) in msg
     assert not isinstance(info.value, OfflineError)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["served"]
 
 
 def test_size_mismatch_leaves_nothing(server, tmp_path):
@@ -162,7 +298,7 @@ def test_size_mismatch_leaves_nothing(server, tmp_path):
     url = server.add("w.bin", data)
     with pytest.raises(WeightsError, match="has 1000 bytes, expected 999"):
         download(url, tmp_path / "w.bin", size=999, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["served"]
 
 
 def test_http_404_fails_at_once(server, tmp_path):
@@ -263,11 +399,83 @@ def test_network_failure_mid_download_keeps_part_for_resume(server, tmp_path, mo
     url = server.add("w.bin", data)
     server.drop_after = 40_000
     dest = tmp_path / "w.bin"
-    with pytest.raises(OfflineError, match="the next attempt resumes"):
+    with pytest.raises(OfflineError, match="bytes kept in"):
         download(url, dest, progress=False, retries=0)
     assert (tmp_path / "w.bin.part").stat().st_size == 40_000
     download(url, dest, sha256=sha(data), progress=False)
     assert server.requests[-1]["range"] == "bytes=40000-" and dest.read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------ one member of a zip
+
+
+def test_range_reader_serves_any_span_of_the_remote_file(server):
+    data = payload(50_000, seed=3)
+    url = server.add("big.bin", data)
+    reader = RangeReader(url)
+    assert reader.size == len(data) and reader.seekable()
+    for start, n in ((0, 10), (49_990, 10), (12_345, 20_000), (49_999, 100)):
+        reader.seek(start)
+        buf = bytearray(n)
+        got = reader.readinto(buf)
+        assert bytes(buf[:got]) == data[start:start + n]
+    assert reader.seek(-5, io.SEEK_END) == len(data) - 5
+    assert all(r["range"] and r["range"].startswith("bytes=") for r in server.requests)
+
+
+def test_range_reader_resumes_a_dropped_read(server):
+    data = payload(200_000, seed=4)
+    url = server.add("big.bin", data)
+    reader = RangeReader(url)  # the probe is the first GET; the drop hits the first read after it
+    server.drop_after = 1000
+    reader.seek(5000)
+    buf = bytearray(150_000)
+    assert reader.readinto(buf) == 150_000 and bytes(buf) == data[5000:155_000]
+
+
+@pytest.mark.parametrize("var", ["PERCEPBENCH_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_mode_refuses_range_reads(server, tmp_path, monkeypatch, var):
+    member = payload(5000, seed=5)
+    url = server.add("a.zip", make_zip(tmp_path / "a.zip", {"nights/data.csv": member}).read_bytes())
+    reader = RangeReader(url)  # opened online
+    before = len(server.requests)
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(OfflineError, match=f"{var}=1"):
+        reader.readinto(bytearray(10))  # the switch is read at every request
+    with pytest.raises(OfflineError, match=f"cannot read {re.escape(url)}"):
+        RangeReader(url)
+    dest = tmp_path / "out" / "data.csv"
+    with pytest.raises(OfflineError) as info:
+        fetch_zip_member(url, "nights/data.csv", dest, progress=False)
+    assert info.value.files == [(dest, url)] and "only the member nights/data.csv" in str(info.value)
+    assert len(server.requests) == before and not dest.parent.exists()
+
+
+def test_fetch_zip_member_network_failure_names_the_file_to_place(tmp_path):
+    url, dest = closed_port_url("a.zip"), tmp_path / "out" / "data.csv"
+    with pytest.raises(OfflineError) as info:
+        fetch_zip_member(url, "nights/data.csv", dest, progress=False, retries=1)
+    assert info.value.files == [(dest, url)] and "network failed after 2 attempt(s)" in str(info.value)
+    assert not dest.exists()
+
+
+def test_fetch_zip_member_reads_one_member_with_range_requests(server, tmp_path):
+    wanted, filler = payload(20_000, seed=6), payload(400_000, seed=7)
+    z = make_zip(tmp_path / "a.zip", {"nights/ref/000.png": filler, "nights/data.csv": wanted,
+                                      "other/data.csv": b"x"}, zipfile.ZIP_STORED)
+    url = server.add("a.zip", z.read_bytes())
+    dest = tmp_path / "out" / "data.csv"
+    assert fetch_zip_member(url, "nights/data.csv", dest, progress=False) == dest
+    assert dest.read_bytes() == wanted and sha256_file(dest) == sha(wanted)
+    assert all(r["range"] for r in server.requests)  # never the whole archive
+    assert [p.name for p in dest.parent.iterdir()] == ["data.csv"]  # no temporary file left
+    with pytest.raises(DataError, match=r"has no member 'data\.csv' \(members with that name: nights/data\.csv, "
+                                        r"other/data\.csv\)"):
+        fetch_zip_member(url, "data.csv", tmp_path / "x.csv", progress=False)
+    server.ignore_range = True
+    with pytest.raises(DataError, match="does not support HTTP range requests"):
+        fetch_zip_member(url, "nights/data.csv", tmp_path / "y.csv", progress=False)
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- zip
@@ -385,7 +593,9 @@ def test_extract_tar_puts_files_in_place_and_merges_nothing_it_should_not(tmp_pa
     out = extract_tar(t, target)
     assert sorted(out) == sorted([target / "dataset/jnd/val/a.png", target / "dataset/top.txt",
                                   target / "dataset/jnd/link.png", target / "dataset/hard.png"])
-    assert (target / "dataset/jnd/link.png").is_symlink() and (target / "dataset/jnd/link.png").read_bytes() == b"A" * 3000
+    # a link to an earlier file is extracted as a copy of it, like a hard link: the tree holds no links
+    assert not (target / "dataset/jnd/link.png").is_symlink()
+    assert (target / "dataset/jnd/link.png").read_bytes() == b"A" * 3000
     assert (target / "dataset/hard.png").read_bytes() == b"A" * 3000
     assert sorted(p.name for p in target.iterdir()) == ["dataset"] and not (target / "dataset/stale.txt").exists()
 
@@ -461,12 +671,160 @@ def test_malicious_tar_members_are_refused(tmp_path, member, problem):
 def test_tar_cannot_write_through_its_own_link(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    # "dir" -> "." is inside; then a file written through a chain that resolves outside must be refused
+    # links to folders are refused, even ones that stay inside: nothing can be written through a link
     t = make_tar(tmp_path / "evil.tar", [tar_link("up", "."), tar_link("sub/up2", ".."),
                                          ("sub/up2/up/x.txt", b"inside is fine")], "w")
-    out = extract_tar(t, tmp_path / "target")
-    assert (tmp_path / "target" / "x.txt").read_bytes() == b"inside is fine" and len(out) == 3
-    assert list(outside.iterdir()) == []
+    with pytest.raises(WeightsError, match=re.escape("'up' is a link to '.', which is not an earlier file")):
+        extract_tar(t, tmp_path / "target")
+    assert list(outside.iterdir()) == [] and list((tmp_path / "target").iterdir()) == []
+
+
+def test_tar_symlink_chain_from_issue_12_cannot_reach_outside(tmp_path):
+    """``p/q -> ..`` then ``p/q/p/q/.../dataset -> ../../../victim``: each member looks inside when judged by
+    its path in the archive, but in the real tree the chain climbs out to ``victim``."""
+    victim = tmp_path / "victim"
+    (victim / "jnd").mkdir(parents=True)
+    (victim / "jnd" / "keep.txt").write_bytes(b"mine")
+    target = tmp_path / "a" / "b" / "target"
+    chain = "/".join(["p/q"] * 10)
+    t = make_tar(tmp_path / "evil.tar.gz", [tar_link("p/q", ".."), tar_link(f"{chain}/dataset", "../" * 3 + "victim")])
+    with pytest.raises(WeightsError, match="refusing to extract it") as info:
+        extract_tar(t, target)
+    assert "'p/q' is a link to '..'" in str(info.value)
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == ["jnd", "jnd/keep.txt"]
+    assert (victim / "jnd" / "keep.txt").read_bytes() == b"mine" and list(target.iterdir()) == []
+
+
+def test_tar_links_to_files_and_links_to_links_become_copies(tmp_path):
+    t = make_tar(tmp_path / "a.tar", [("d/a.txt", b"A"), tar_link("d/l1", "a.txt"), tar_link("e/l2", "../d/l1"),
+                                      tar_link("e/h", "e/l2", tarfile.LNKTYPE), tar_link("l3", "./e/./l2")], "w")
+    target = tmp_path / "out"
+    extract_tar(t, target)
+    for rel in ("d/a.txt", "d/l1", "e/l2", "e/h", "l3"):
+        assert not (target / rel).is_symlink() and (target / rel).read_bytes() == b"A", rel
+    assert not any(p.is_symlink() for p in target.rglob("*"))
+
+
+@pytest.mark.parametrize(("members", "problem"), [
+    ([("d/a.txt", b"A"), tar_link("l", "d")], "'l' is a link to 'd', which is not an earlier file"),
+    ([tar_link("l", "d/a.txt"), ("d/a.txt", b"A")], "'l' is a link to 'd/a.txt', which is not an earlier file"),
+    ([("d/a.txt", b"A"), tar_link("l", "missing.txt")], "'l' is a link to 'missing.txt', which is not"),
+    ([("d/a.txt", b"A"), tar_link("h", "d", tarfile.LNKTYPE)], "hard link to 'd', which is not an earlier file"),
+    ([("d/a.txt", b"A"), tar_link("d/l", "."), tar_link("d/m", "l/a.txt")], "'d/l' is a link to '.'"),
+])
+def test_tar_links_to_folders_later_or_missing_members_are_refused(tmp_path, members, problem):
+    target = tmp_path / "out"
+    with pytest.raises(WeightsError, match="refusing to extract it") as info:
+        extract_tar(make_tar(tmp_path / "a.tar", members, "w"), target)
+    assert problem in str(info.value)
+    assert list(target.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ bombs and full disks
+
+
+BOMB = 80 << 20  # 80 MiB of zeros: compresses about a thousandfold, above the 64 MiB floor of the limit
+
+
+def _bomb(tmp_path: Path, fmt: str) -> Path:
+    if fmt == "zip":
+        path = tmp_path / "bomb.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("zeros.bin", "w") as fh:
+            for _ in range(BOMB >> 20):
+                fh.write(bytes(1 << 20))
+        return path
+    path = tmp_path / "bomb.tar.gz"
+    info = tarfile.TarInfo("zeros.bin")
+    info.size = BOMB
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        tf.addfile(info, io.BytesIO(bytes(BOMB)))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_archive_bomb_is_refused_and_the_limit_can_be_raised(tmp_path, monkeypatch, fmt):
+    archive = _bomb(tmp_path, fmt)
+    size = archive.stat().st_size
+    assert size * 100 < BOMB  # really a bomb: it expands more than a hundredfold
+    extract = extract_zip if fmt == "zip" else extract_tar
+    target = tmp_path / "out"
+    monkeypatch.delenv(EXTRACT_RATIO_ENV, raising=False)
+    with pytest.raises(WeightsError) as info:
+        extract(archive, target)
+    msg = str(info.value)
+    limit = max(10 * size, 64 << 20)
+    assert msg.startswith(f"{fmt} {archive} expands to more than {limit} bytes")
+    assert f"{EXTRACT_RATIO_ENV}" in msg and "refusing to extract it" in msg
+    assert not target.exists() or list(target.iterdir()) == []  # all or nothing
+    monkeypatch.setenv(EXTRACT_RATIO_ENV, "2000")
+    (out,) = extract(archive, target)
+    assert out.stat().st_size == BOMB
+    out.unlink()
+    (out,) = extract(archive, target, max_ratio=2000)
+    monkeypatch.setenv(EXTRACT_RATIO_ENV, "ten")
+    with pytest.raises(UsageError, match=f"{EXTRACT_RATIO_ENV}='ten' is not a number"):
+        extract(archive, target)
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        import errno
+        import os
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def _fill_disk_on_write(monkeypatch):
+    import builtins
+
+    from percepbench import download as dl
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 (closed by the caller)
+        return _FullDisk(fh) if any(c in mode for c in "wax") else fh
+
+    monkeypatch.setattr(dl, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_full_disk_during_extraction_names_the_file(tmp_path, monkeypatch, fmt):
+    archive = (make_tar(tmp_path / "a.tar.gz", [("d/x.bin", b"x" * 1000)]) if fmt == "tar"
+               else tmp_path / "a.zip")
+    if fmt == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("d/x.bin", b"x" * 1000)
+    target = tmp_path / "out"
+    _fill_disk_on_write(monkeypatch)
+    with pytest.raises(DiskFullError) as info:
+        (extract_zip if fmt == "zip" else extract_tar)(archive, target)
+    msg = str(info.value)
+    assert "no space left on the device" in msg and "/new/d/x.bin" in msg and str(target) in msg
+    assert list(target.iterdir()) == []
+
+
+def test_full_disk_during_download_names_the_file_and_keeps_the_part(server, tmp_path, monkeypatch):
+    url = server.add("w.bin", payload())
+    dest = tmp_path / "w.bin"
+    _fill_disk_on_write(monkeypatch)
+    with pytest.raises(DiskFullError) as info:
+        download(url, dest, progress=False)
+    msg = str(info.value)
+    assert f"no space left on the device writing {dest}.part" in msg and url in msg
+    assert not dest.exists() and len(server.requests) == 1  # not retried: a full disk is no network error
 
 
 # ------------------------------------------------------------------------------------------- safetensors
@@ -546,3 +904,85 @@ def test_no_code_loads_with_weights_only_false():
         if pattern.search(p.read_text(encoding="utf-8", errors="replace"))
     ]
     assert offenders == [], f"torch.load(weights_only=False) in {offenders}"
+
+
+# ------------------------------------------------------------------------------------------ member safety
+
+
+def _zip_special(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = mode << 16
+    return info
+
+
+#: each unsafe member kind: (zip member, tar member, message fragment for zip, message fragment for tar)
+UNSAFE = {
+    "dotdot": (("../evil.txt", b"evil"), ("../evil.txt", b"evil"), "outside the target folder", None),
+    "nested dotdot": (("ok/../../evil.txt", b"evil"), ("ok/../../evil.txt", b"evil"), "outside the target folder",
+                      None),
+    "backslash dotdot": (("ok\\..\\..\\evil.txt", b"evil"), ("ok\\..\\..\\evil.txt", b"evil"),
+                         "outside the target folder", None),
+    "absolute": (("/abs.txt", b"evil"), ("/abs.txt", b"evil"), "has an absolute path", None),
+    "drive letter": (("C:/evil.txt", b"evil"), ("C:/evil.txt", b"evil"), "has an absolute path", None),
+    "link leaving": ((_zip_special("link", stat.S_IFLNK | 0o777), b"../../evil.txt"),
+                     tar_link("link", "../../evil.txt"), "is a symbolic link",
+                     "is a link to '../../evil.txt', outside the target folder"),
+    "device file": ((_zip_special("dev", stat.S_IFCHR | 0o644), b""), _special("dev", tarfile.CHRTYPE),
+                    "is a device file", None),
+    "fifo": ((_zip_special("fifo", stat.S_IFIFO | 0o644), b""), _special("fifo", tarfile.FIFOTYPE), "is a FIFO",
+             None),
+}
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+@pytest.mark.parametrize("kind", list(UNSAFE))
+def test_every_unsafe_member_kind_is_refused_by_both_extractors(tmp_path, fmt, kind):
+    zip_member, tar_member, zip_problem, tar_problem = UNSAFE[kind]
+    box = tmp_path / "box"
+    target = box / "out"
+    target.mkdir(parents=True)
+    if fmt == "zip":
+        archive = tmp_path / "evil.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("fine.txt", b"fine")
+            zf.writestr(*zip_member)
+        name, problem = (zip_member[0].filename if isinstance(zip_member[0], zipfile.ZipInfo)
+                         else zip_member[0]), zip_problem
+        extract = extract_zip
+    else:
+        archive = make_tar(tmp_path / "evil.tar.gz", [("fine.txt", b"fine"), tar_member])
+        name = tar_member.name if isinstance(tar_member, tarfile.TarInfo) else tar_member[0]
+        problem, extract = tar_problem or zip_problem, extract_tar
+    with pytest.raises(WeightsError) as info:
+        extract(archive, target)
+    msg = str(info.value)
+    assert msg.startswith(f"{fmt} {archive} member {name!r}") and problem in msg
+    assert msg.endswith("refusing to extract it")
+    assert list(target.iterdir()) == []  # all or nothing
+    assert [p.name for p in box.iterdir()] == ["out"]
+    assert not any(p.name in ("evil.txt", "abs.txt") for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(("name", "link", "problem"), [
+    ("a\x00b", None, "has an absolute path"),
+    ("", None, "has an absolute path"),
+    ("\\\\server\\share", None, "has an absolute path"),
+    ("a/D:evil", None, "outside the target folder"),
+    ("a/b/link", "../../../x", "is a link to '../../../x', outside"),
+    ("link", "", "is a link to '', outside"),
+    ("link", "C:\\x", "is a link to 'C:\\\\x', outside"),
+])
+def test_safe_member_parts_refusals(name, link, problem):
+    with pytest.raises(WeightsError, match="refusing to extract it") as info:
+        safe_member_parts("tar t.tar", name, link=link)
+    assert problem in str(info.value) and str(info.value).startswith(f"tar t.tar member {name!r}")
+
+
+def test_safe_member_parts_accepts_what_stays_inside():
+    # components by hand: '.' and empty components dropped, '\\' separates as '/' does
+    assert safe_member_parts("zip z", "./a//b/./c.png") == ("a", "b", "c.png")
+    assert safe_member_parts("zip z", "a\\b.png") == ("a", "b.png")
+    assert safe_member_parts("zip z", "./") == ()
+    # a link two folders down may climb two levels and no more
+    assert safe_member_parts("tar t", "a/b/link", link="../../x") == ("a", "b", "link")
+    assert safe_member_parts("tar t", "a/link", link="./b/../c") == ("a", "link")
