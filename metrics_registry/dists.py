@@ -7,10 +7,12 @@ weighted by the learned ``alpha`` / ``beta`` (normalised by their joint sum);
 ``DISTS = 1 - sum(alpha * S1 + beta * S2)``.
 
 Weights: ``alpha``/``beta`` are read from the copy shipped inside torchmetrics
-(``torchmetrics/functional/image/dists_models/weights.pt``, sha256 checked, ``weights_only=True``, exactly
-the keys ``alpha`` and ``beta`` of shape (1, 1475, 1, 1)); the VGG16 trunk is torchvision's ImageNet
-checkpoint in ``<torch hub dir>/checkpoints``, fetched through :func:`percepbench.weights.ensure_files`
-(never by torchvision itself). The network is built once, in ``__init__`` (torchmetrics' ``DISTS`` class
+(``torchmetrics/functional/image/dists_models/weights.pt``), declared as a
+:class:`~percepbench.specs.WeightFile` with ``cache="package"`` (:data:`ALPHA_BETA_WEIGHTS`): verified
+against its full sha256 through :func:`percepbench.weights.ensure_files`, then read with
+``weights_only=True`` and loaded strictly (exactly the keys ``alpha`` and ``beta`` of shape
+(1, 1475, 1, 1)); the VGG16 trunk is torchvision's ImageNet checkpoint in ``<torch hub dir>/checkpoints``,
+fetched through the same function (never by torchvision itself). Both are in the spec's ``weights``. The network is built once, in ``__init__`` (torchmetrics' ``DISTS`` class
 rebuilds it on every update).
 """
 
@@ -23,23 +25,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from percepbench.download import sha256_file
 from percepbench.errors import WeightsError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.metrics_registry.lpips_metric import (
     TRUNK_WEIGHTS,
     load_state_file,
     load_trunk_features,
+    load_weight_file,
     strict_load,
 )
 from percepbench.registry import register_metric
-from percepbench.specs import InputConvention, MetricSpec
+from percepbench.specs import IMAGENET, InputConvention, MetricSpec, WeightFile
 
 CITATION = ("Ding, Ma, Wang, Simoncelli. Image Quality Assessment: Unifying Structure and Texture Similarity. "
             "IEEE TPAMI 44(5), 2022 (arXiv:2004.07728, 2020).")
 
-#: sha256 of ``torchmetrics/functional/image/dists_models/weights.pt`` (alpha and beta of the official DISTS)
-ALPHA_BETA_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
+#: ``torchmetrics/functional/image/dists_models/weights.pt``: alpha and beta of the official DISTS, with the
+#: sha256 of the file in torchmetrics 1.9.0
+ALPHA_BETA_WEIGHTS = WeightFile(
+    filename="functional/image/dists_models/weights.pt", url="https://pypi.org/project/torchmetrics/1.9.0/",
+    sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218", cache="package",
+    package="torchmetrics", package_version="1.9.0")
 VGG16_WEIGHTS = TRUNK_WEIGHTS["vgg"]
 CHANNELS = (3, 64, 128, 256, 512, 512)
 #: indices of torchvision's VGG16 ``features`` after which a stage ends (relu1_2 ... relu5_3)
@@ -48,13 +54,6 @@ STAGE_ENDS = (3, 8, 15, 22, 29)
 POOLS = (4, 9, 16, 23)
 OFFICIAL_SIZE = 256
 C1 = C2 = 1e-6
-
-
-def alpha_beta_file() -> Path:
-    """The alpha/beta file shipped inside torchmetrics."""
-    import torchmetrics
-
-    return Path(torchmetrics.__file__).resolve().parent / "functional" / "image" / "dists_models" / "weights.pt"
 
 
 class L2Pool(nn.Module):
@@ -96,22 +95,24 @@ class DISTSNetwork(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = _vgg16_features()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET.std).view(1, 3, 1, 1))
         self.register_buffer("alpha", torch.full((1, sum(CHANNELS), 1, 1), 0.1))
         self.register_buffer("beta", torch.full((1, sum(CHANNELS), 1, 1), 0.1))
 
-    def load_alpha_beta(self, path: Path | str, sha256: str | None = ALPHA_BETA_SHA256) -> None:
+    def load_alpha_beta(self, path: Path | str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Load ``alpha``/``beta`` strictly: from ``state`` (read from ``path``) when given, else from the file
+        ``path`` (``weights_only=True``; no checksum: the shipped file is verified through
+        :data:`ALPHA_BETA_WEIGHTS`)."""
         path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"DISTS alpha/beta file {path} does not exist (is torchmetrics installed "
-                               "completely?)")
-        if sha256 is not None and (digest := sha256_file(path)) != sha256:
-            raise WeightsError(f"DISTS alpha/beta file {path} has sha256 {digest}, expected {sha256}")
+        if state is None:
+            if not path.is_file():
+                raise WeightsError(f"DISTS alpha/beta file {path} does not exist")
+            state = load_state_file(path)
         holder = nn.Module()
         holder.register_buffer("alpha", torch.empty_like(self.alpha))
         holder.register_buffer("beta", torch.empty_like(self.beta))
-        strict_load(holder, load_state_file(path), path, "DISTS alpha/beta")
+        strict_load(holder, state, path, "DISTS alpha/beta")
         self.alpha.copy_(holder.alpha)
         self.beta.copy_(holder.beta)
 
@@ -172,8 +173,8 @@ class DISTSMetric(DistanceMetric):
             antialiased) so the shorter side is 256. The official code resizes PIL images
             (PIL bilinear); antialiased bilinear interpolation on tensors approximates it.
         pretrained: load torchvision's ImageNet VGG16 (``<torch hub>/checkpoints/vgg16-397923af.pth``,
-            downloaded through percepbench when missing). False: a random VGG16 and no file or network
-            access. alpha/beta always come from torchmetrics' installed copy.
+            downloaded through percepbench when missing). False: a random VGG16 and no network access.
+            alpha/beta always come from torchmetrics' installed copy, sha256-verified.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per pair).
 
     Raises:
@@ -199,7 +200,8 @@ class DISTSMetric(DistanceMetric):
         self.resize = resize
         trunk = load_trunk_features(VGG16_WEIGHTS) if pretrained else None  # a missing file fails fast
         network = DISTSNetwork()
-        network.load_alpha_beta(alpha_beta_file())
+        state, path = load_weight_file(ALPHA_BETA_WEIGHTS)  # sha256-verified in torchmetrics' installed copy
+        network.load_alpha_beta(path, state)
         if trunk is not None:
             network.load_trunk(*trunk)
         self.network = self.freeze(network)
@@ -217,10 +219,10 @@ register_metric(MetricSpec(
     description="DISTS (VGG16 + L2 pooling, structure and texture terms); option resize='official' "
                 "(shorter side to 256 when above 256)",
     distance="identity (DISTS = 1 - weighted structure/texture similarity)",
-    inputs=InputConvention(min_size=DISTSMetric.min_size),
-    weights=(VGG16_WEIGHTS,),
+    inputs=InputConvention(normalization=(IMAGENET,), min_size=DISTSMetric.min_size),
+    weights=(VGG16_WEIGHTS, ALPHA_BETA_WEIGHTS),
     reference=("torchmetrics deep_image_structure_and_texture_similarity (parity on a random VGG16 in "
-               f"tests/test_dists.py); alpha/beta from torchmetrics' weights.pt sha256 {ALPHA_BETA_SHA256}; "
+               f"tests/test_dists.py); alpha/beta from torchmetrics' weights.pt sha256 {ALPHA_BETA_WEIGHTS.sha256}; "
                f"trunk: torchvision ImageNet weights {VGG16_WEIGHTS.filename}"),
     licence="MIT (DISTS code and alpha/beta, via torchmetrics, Apache-2.0); trunk weights: torchvision (BSD-3-Clause)",
     citation=CITATION,

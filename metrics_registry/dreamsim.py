@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from percepbench.dreamsim_weights import dreamsim_weight_files
-from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.metrics_registry.base import DistanceMetric, resize_to_convention
 from percepbench.models.dreamsim import VARIANTS, build_dreamsim
-from percepbench.models.vit import IMAGE_SIZE
 from percepbench.registry import register_metric
-from percepbench.specs import InputConvention, MetricSpec
+from percepbench.specs import MetricSpec
 
 CITATION = ("Fu, Tamir, Sundaram, Chai, Zhang, Dekel, Isola. DreamSim: Learning New Dimensions of Human "
             "Visual Similarity using Synthetic Data. NeurIPS 2023.")
@@ -25,7 +23,8 @@ class DreamSimMetric(DistanceMetric):
     Inputs: float image batches (N, 3, H, W) of any size in [0, 1] (or [-1, 1] with
     ``input_range=(-1, 1)``), or uint8. They are resized to 224x224 inside with antialiased bicubic
     interpolation (``percepbench run`` instead resizes image files with PIL bicubic, as the official
-    ``preprocess`` does). Differentiable with respect to the inputs, so it works as a loss; the weights
+    ``preprocess`` does). Size, interpolation and per-backbone mean/std come from one record, the
+    variant's :attr:`~percepbench.models.dreamsim.Variant.inputs`, which is also the spec's ``inputs``. Differentiable with respect to the inputs, so it works as a loss; the weights
     are frozen (no gradients, eval mode). Runs on CUDA and under autocast.
 
     Args:
@@ -63,12 +62,11 @@ class DreamSimMetric(DistanceMetric):
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.model = self.freeze(build_dreamsim(variant, cache_dir=cache_dir, pretrained=pretrained, lora=lora,
                                                 normalize_embeds=normalize_embeds, merge=merge_lora))
+        self.input_convention = VARIANTS[variant].inputs
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == (IMAGE_SIZE, IMAGE_SIZE):
-            return x
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
-        return x.clamp(0.0, 1.0)
+        """[0, 1] images at the variant's input size (see :func:`resize_to_convention`)."""
+        return resize_to_convention(x, self.input_convention)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings (N, D) of validated [0, 1] images (what the distance compares)."""
@@ -96,8 +94,7 @@ for _variant in VARIANTS:
         kwargs={"variant": _variant},
         description=_DESCRIPTIONS[_variant],
         distance="1 - cosine(embeddings), embeddings centred and L2-normalised (normalize_embeds=True)",
-        kind="embedding",
-        inputs=InputConvention(size=IMAGE_SIZE, interpolation="bicubic"),
+        inputs=VARIANTS[_variant].inputs,
         weights=dreamsim_weight_files(_variant),
         reference="official dreamsim 0.2.1 package (parity on random weights in tests/test_dreamsim_parity.py)",
         licence="MIT (code and weights); backbones: DINO/DINOv2 Apache-2.0, CLIP MIT, OpenCLIP MIT, SynCLR Apache-2.0",

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from percepbench.dreamsim_weights import backbone_weight_files
-from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.metrics_registry.base import DistanceMetric, resize_to_convention
 from percepbench.models.dreamsim import build_dreamsim, zero_shot_variant
-from percepbench.models.vit import BACKBONES, IMAGE_SIZE
+from percepbench.models.vit import BACKBONES
 from percepbench.registry import register_metric
-from percepbench.specs import InputConvention, MetricSpec
+from percepbench.specs import MetricSpec
 
 
 class ZeroShotEmbeddingMetric(DistanceMetric):
@@ -48,13 +47,13 @@ class ZeroShotEmbeddingMetric(DistanceMetric):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         self.backbone = backbone
-        self.model = self.freeze(build_dreamsim(zero_shot_variant(backbone, feature), cache_dir=cache_dir,
-                                                pretrained=pretrained, normalize_embeds=normalize_embeds))
+        variant = zero_shot_variant(backbone, feature)
+        self.input_convention = variant.inputs
+        self.model = self.freeze(build_dreamsim(variant, cache_dir=cache_dir, pretrained=pretrained,
+                                                normalize_embeds=normalize_embeds))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
-            x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True).clamp(0, 1)
-        return self.model.embed_pooled(x)
+        return self.model.embed_pooled(resize_to_convention(x, self.input_convention))
 
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.embedding_distance(self.embed(preds), self.embed(target))
@@ -96,8 +95,7 @@ for _backbone in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "din
         description=f"zero-shot {_family} ViT-{_arch[3].upper()}/{_arch[4:]}{_WEIGHTS_NOTE.get(_backbone, '')}: "
                     f"{_feat}",
         distance="1 - cosine(features)",
-        kind="embedding",
-        inputs=InputConvention(size=IMAGE_SIZE, interpolation="bicubic"),
+        inputs=zero_shot_variant(_backbone).inputs,
         weights=backbone_weight_files([_backbone]),
         reference=_REFERENCES.get(_backbone, _DREAMSIM_REFERENCE),
         licence=_LICENCES[_family],

@@ -4,10 +4,12 @@ The networks are the ``lpips`` package's own building blocks (its AlexNet / VGG1
 wrappers, ``ScalingLayer``, ``NetLinLayer`` and ``normalize_tensor``); percepbench does the loading itself,
 because the package's loading is unsafe in two ways:
 
-- **Linear heads** are read from the ``.pth`` files shipped inside the installed ``lpips`` wheel
-  (``lpips/weights/v<version>/<net>.pth``), checked against their full sha256 (:data:`HEAD_SHA256`), loaded
-  with ``torch.load(..., weights_only=True)`` and ``load_state_dict(strict=True)``: a missing or unexpected
-  key is a :class:`~percepbench.errors.WeightsError` naming the file. (The package loads them with
+- **Linear heads** are the ``.pth`` files shipped inside the installed ``lpips`` wheel
+  (``lpips/weights/v<version>/<net>.pth``), declared as :class:`~percepbench.specs.WeightFile` entries
+  with ``cache="package"`` (:data:`HEAD_WEIGHTS`, full sha256 of lpips 0.1.4): verified through
+  :func:`percepbench.weights.ensure_files`, then loaded with ``torch.load(..., weights_only=True)`` and
+  ``load_state_dict(strict=True)``: a missing or unexpected key is a
+  :class:`~percepbench.errors.WeightsError` naming the file. (The package loads them with
   ``strict=False``, so a mismatch silently leaves random heads.)
 - **Trunks** (torchvision's ImageNet weights) are never downloaded by torchvision itself: they are declared
   as :class:`~percepbench.specs.WeightFile` entries living in torchvision's own cache
@@ -15,7 +17,12 @@ because the package's loading is unsafe in two ways:
   through :func:`percepbench.weights.ensure_files`. Only the ``features.*`` tensors are used; every one of
   them must be present and consumed.
 
-The same trunk helpers serve DISTS (:mod:`percepbench.metrics_registry.dists`).
+The spec records the input normalisation as ImageNet mean/std (:data:`percepbench.specs.IMAGENET`): the
+package's v0.1 ``ScalingLayer`` (shift and scale on [-1, 1] input), applied here, is exactly that on [0, 1]
+input (checked against the package in the tests; v0.0 has no scaling). The spec of ``lpips.<net>`` lists
+the trunk and the v0.1 head, so ``percepbench weights list|verify`` and ``meta.weights`` of a run show
+both; with ``version="0.0"`` the metric loads the v0.0 head, verified the same way. The same loading
+helpers serve DISTS (:mod:`percepbench.metrics_registry.dists`).
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from percepbench.download import check_torch_file, sha256_file
+from percepbench.download import check_torch_file
 from percepbench.errors import WeightsError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import register_metric
-from percepbench.specs import InputConvention, MetricSpec, WeightFile
+from percepbench.specs import IMAGENET, InputConvention, MetricSpec, WeightFile
 
 CITATION = ("Zhang, Isola, Efros, Shechtman, Wang. The Unreasonable Effectiveness of Deep Features as a "
             "Perceptual Metric. CVPR 2018.")
@@ -55,14 +62,23 @@ TRUNK_WEIGHTS: dict[str, WeightFile] = {
                           cache="torch_hub", sha256_prefix="b8a52dc0"),
 }
 
-#: sha256 of the linear-head files shipped in the lpips 0.1.4 wheel, ``(version, net) -> hex``.
-HEAD_SHA256: dict[tuple[str, str], str] = {
-    ("0.1", "alex"): "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
-    ("0.1", "squeeze"): "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
-    ("0.1", "vgg"): "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
-    ("0.0", "alex"): "18720f55913d0af89042f13faa7e536a6ce1444a0914e6db9461355ece1e8cd5",
-    ("0.0", "squeeze"): "c27abd3a0145541baa50990817df58d3759c3f8154949f42af3b59b4e042d0bf",
-    ("0.0", "vgg"): "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c",
+#: the lpips release whose wheel ships the linear heads hashed below
+LPIPS_VERSION = "0.1.4"
+
+
+def _head(version: str, net: str, sha256: str) -> WeightFile:
+    return WeightFile(filename=f"weights/v{version}/{net}.pth", url=f"https://pypi.org/project/lpips/{LPIPS_VERSION}/",
+                      sha256=sha256, cache="package", package="lpips", package_version=LPIPS_VERSION)
+
+
+#: the linear-head files shipped in the lpips 0.1.4 wheel, ``(version, net) -> WeightFile`` (full sha256)
+HEAD_WEIGHTS: dict[tuple[str, str], WeightFile] = {
+    ("0.1", "alex"): _head("0.1", "alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
+    ("0.1", "squeeze"): _head("0.1", "squeeze", "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76"),
+    ("0.1", "vgg"): _head("0.1", "vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
+    ("0.0", "alex"): _head("0.0", "alex", "18720f55913d0af89042f13faa7e536a6ce1444a0914e6db9461355ece1e8cd5"),
+    ("0.0", "squeeze"): _head("0.0", "squeeze", "c27abd3a0145541baa50990817df58d3759c3f8154949f42af3b59b4e042d0bf"),
+    ("0.0", "vgg"): _head("0.0", "vgg", "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c"),
 }
 
 #: channels of the compared layers (the package's ``chns``)
@@ -107,6 +123,21 @@ def load_state_file(path: Path | str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def load_weight_file(weight: WeightFile) -> tuple[dict[str, torch.Tensor], Path]:
+    """Fetch or find ``weight`` through percepbench's weights manager, verify it, and return its state dict
+    (read with ``weights_only=True``) and the file's path.
+
+    Raises:
+        OfflineError: offline mode (or no network) and a downloadable file is not in its cache.
+        WeightsError: the file fails verification (a tampered file shipped in a package included), its
+            package is not installed, or it is not a state dict of named tensors.
+    """
+    from percepbench.weights import ensure_file
+
+    path = ensure_file(weight)
+    return load_state_file(path), path
+
+
 def load_trunk_features(weight: WeightFile) -> tuple[dict[str, torch.Tensor], Path]:
     """Fetch a torchvision checkpoint through percepbench's weights manager; return its ``features.*``
     tensors (prefix removed) and the file's path.
@@ -115,11 +146,7 @@ def load_trunk_features(weight: WeightFile) -> tuple[dict[str, torch.Tensor], Pa
         OfflineError: offline mode (or no network) and the file is not in ``<torch hub>/checkpoints``.
         WeightsError: the file fails verification or holds no ``features.*`` tensors.
     """
-    from percepbench.weights import ensure_files, weight_path
-
-    ensure_files([weight])
-    path = weight_path(weight)
-    state = load_state_file(path)
+    state, path = load_weight_file(weight)
     features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not features:
         raise WeightsError(f"{path}: no 'features.*' tensors; not a torchvision checkpoint of the expected "
@@ -178,16 +205,15 @@ class LPIPSNetwork(nn.Module):
                 w = self.heads[k].model[-1].weight
                 w.copy_(torch.rand(w.shape, generator=generator) / w.shape[1] ** 0.5)
 
-    def load_heads(self, path: Path | str, sha256: str | None = None) -> None:
-        """Load the linear heads strictly from ``path`` (checked against ``sha256`` when given)."""
+    def load_heads(self, path: Path | str, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Load the linear heads strictly: from ``state`` (read from ``path``) when given, else from the file
+        ``path`` (``weights_only=True``; no checksum: verify official heads with :data:`HEAD_WEIGHTS`)."""
         path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"LPIPS head file {path} does not exist (is the lpips package installed "
-                               "completely?)")
-        if sha256 is not None and (digest := sha256_file(path)) != sha256:
-            raise WeightsError(f"LPIPS head file {path} has sha256 {digest}, expected {sha256}; reinstall the "
-                               "lpips package (pip install --force-reinstall lpips==0.1.4)")
-        strict_load(self.heads, load_state_file(path), path, f"LPIPS {self.net} v{self.version} head")
+        if state is None:
+            if not path.is_file():
+                raise WeightsError(f"LPIPS head file {path} does not exist")
+            state = load_state_file(path)
+        strict_load(self.heads, state, path, f"LPIPS {self.net} v{self.version} head")
 
     def load_trunk(self, features: Mapping[str, torch.Tensor], path: Path | str) -> None:
         """Load torchvision ``features.*`` tensors (prefix removed) strictly into the trunk."""
@@ -211,13 +237,6 @@ class LPIPSNetwork(nn.Module):
             diff = (self._normalize(fx) - self._normalize(fy)) ** 2
             maps.append(self.heads[k](diff))
         return maps
-
-
-def head_file(net: str, version: str) -> Path:
-    """The head file shipped in the installed lpips wheel: ``lpips/weights/v<version>/<net>.pth``."""
-    import lpips
-
-    return Path(lpips.__file__).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
 
 
 # --------------------------------------------------------------------------------------------------- metric
@@ -278,7 +297,8 @@ class LPIPSMetric(DistanceMetric):
         if heads_file is not None:
             network.load_heads(heads_file)
         elif pretrained:
-            network.load_heads(head_file(net, version), HEAD_SHA256[(version, net)])
+            state, path = load_weight_file(HEAD_WEIGHTS[(version, net)])  # sha256-verified in lpips' wheel
+            network.load_heads(path, state)
         else:
             network.randomize_heads()
         if trunk is not None:
@@ -324,11 +344,11 @@ for _net in NETS:
         kwargs={"net": _net, "version": "0.1"},
         description=_DESCRIPTIONS[_net] + "; option version='0.0', spatial maps via metric.spatial_map(x, y)",
         distance="identity (sum over layers of the spatially averaged head-weighted feature differences)",
-        inputs=InputConvention(min_size=MIN_SIZE[_net]),
-        weights=(TRUNK_WEIGHTS[_net],),
-        reference=(f"lpips 0.1.4 (parity on random trunks in tests/test_lpips_metric.py); heads from the lpips "
-                   f"wheel: v0.1/{_net}.pth sha256 {HEAD_SHA256[('0.1', _net)]}, v0.0/{_net}.pth sha256 "
-                   f"{HEAD_SHA256[('0.0', _net)]}; trunk: torchvision ImageNet weights "
+        inputs=InputConvention(normalization=(IMAGENET,), min_size=MIN_SIZE[_net]),
+        weights=(TRUNK_WEIGHTS[_net], HEAD_WEIGHTS[("0.1", _net)]),
+        reference=(f"lpips {LPIPS_VERSION} (parity on random trunks in tests/test_lpips_metric.py); heads from "
+                   f"the lpips wheel: v0.1/{_net}.pth sha256 {HEAD_WEIGHTS[('0.1', _net)].sha256}, v0.0/{_net}.pth "
+                   f"sha256 {HEAD_WEIGHTS[('0.0', _net)].sha256}; trunk: torchvision ImageNet weights "
                    f"{TRUNK_WEIGHTS[_net].filename}"),
         licence="BSD-2-Clause (lpips code and heads); trunk weights: torchvision (BSD-3-Clause)",
         citation=CITATION,

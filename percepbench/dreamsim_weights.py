@@ -7,8 +7,10 @@ come from Meta's servers into ``checkpoints/``, where ``torch.hub`` puts them fo
 The zero-shot-only backbones that no DreamSim release ships (OpenAI CLIP and OpenCLIP ViT-L/14, MAE
 ViT-B/16) come as safetensors from timm's Hugging Face repos (``main`` branch) into
 ``timm/<repo>/<file>`` (see ``BACKBONES`` in :mod:`percepbench.models.vit`).
-Upstream publishes no checksums: the sha256 of each file is recorded at first download and checked on
-every later load.
+Upstream publishes no checksums (the ``dreamsim`` package embeds none either), so no ``sha256`` is declared
+here: the sha256 of each file is recorded at first download and checked on every later load (trust on
+first use, which :func:`percepbench.download.trust_level` reports); before that, each download's format
+(zip, torch, safetensors) is checked from its content.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """DISTS (metrics_registry/dists.py): parity with torchmetrics on a shared random VGG16, alpha/beta from
-torchmetrics, the official resize option, strict loading, the trunk in torch hub's checkpoints dir."""
+torchmetrics (a sha256-verified file shipped in the package; a tampered copy is caught), the official
+resize option, strict loading, the trunk in torch hub's checkpoints dir."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import inspect
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,10 +17,17 @@ import torchmetrics.functional.image.dists as tm_dists
 from torchmetrics.image import DeepImageStructureAndTextureSimilarity
 
 from percepbench import create_metric
-from percepbench.download import sha256_file
+from percepbench.download import sha256_file, sha256_sidecar
 from percepbench.errors import OfflineError, WeightsError
 from percepbench.metrics_registry import dists as dm
 from percepbench.registry import METRICS
+from percepbench.specs import IMAGENET
+from percepbench.weights import ensure_files, weight_path
+
+
+def torchmetrics_alpha_beta() -> Path:
+    """Where torchmetrics itself reads alpha/beta: ``dists_models/weights.pt`` beside its DISTS module."""
+    return Path(inspect.getfile(tm_dists)).resolve().parent / "dists_models" / "weights.pt"
 
 
 def torchvision_features(metric: dm.DISTSMetric) -> torch.nn.Sequential:
@@ -51,18 +62,29 @@ def images(n: int = 2, h: int = 32, w: int = 32, seed: int = 0) -> tuple[torch.T
     return x, y
 
 
-def test_spec():
+def test_spec(torchmetrics_uses):
     spec = METRICS.get("dists")
     assert dict(spec.kwargs) == {"resize": None}
-    assert spec.weights == (dm.TRUNK_WEIGHTS["vgg"],) and spec.weights[0].cache == "torch_hub"
-    assert spec.inputs.min_size == 16 and dm.ALPHA_BETA_SHA256 in spec.reference
+    trunk, alpha_beta = spec.weights
+    assert trunk == dm.TRUNK_WEIGHTS["vgg"] and trunk.cache == "torch_hub"
+    assert alpha_beta == dm.ALPHA_BETA_WEIGHTS and alpha_beta.cache == "package"
+    assert alpha_beta.package == "torchmetrics"
+    assert spec.inputs.min_size == 16 and alpha_beta.sha256 in spec.reference
+    # the recorded normalisation is what torchmetrics' DISTS applies (its own buffers are the oracle)
+    assert spec.inputs.normalization == (IMAGENET,)
+    ref = tm_dists.DISTSNetwork(load_weights=False)
+    torch.testing.assert_close(torch.tensor(IMAGENET.mean).view(1, 3, 1, 1), ref.mean, rtol=0, atol=0)
+    torch.testing.assert_close(torch.tensor(IMAGENET.std).view(1, 3, 1, 1), ref.std, rtol=0, atol=0)
     with pytest.raises(ValueError, match="resize must be None or 'official'"):
         dm.DISTSMetric(resize="pil", pretrained=False)
 
 
 def test_alpha_beta_come_from_torchmetrics(random_dists):
-    path = dm.alpha_beta_file()
-    assert sha256_file(path) == dm.ALPHA_BETA_SHA256 and dm.ALPHA_BETA_SHA256.startswith("f5e65c96")
+    weight = dm.ALPHA_BETA_WEIGHTS
+    path = weight_path(weight)
+    assert path == torchmetrics_alpha_beta() and weight.source == "shipped in torchmetrics 1.9.0"
+    # the full hash recorded in percepbench starts with the published prefix (REFERENCE.md §5)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == weight.sha256 and weight.sha256.startswith("f5e65c96")
     shipped = torch.load(path, map_location="cpu", weights_only=True)
     assert random_dists.network.alpha.shape == (1, 1475, 1, 1)
     torch.testing.assert_close(random_dists.network.alpha, shipped["alpha"], rtol=0, atol=0)
@@ -134,14 +156,35 @@ def test_trunk_loads_strictly_from_torch_hub_checkpoints(random_dists, monkeypat
 
 
 def test_alpha_beta_file_is_loaded_strictly(tmp_path):
-    shipped = torch.load(dm.alpha_beta_file(), map_location="cpu", weights_only=True)
+    shipped = torch.load(torchmetrics_alpha_beta(), map_location="cpu", weights_only=True)
     bad = tmp_path / "weights_extra.pt"
     torch.save({**shipped, "gamma": torch.zeros(1)}, bad)
     network = dm.DISTSNetwork()
     with pytest.raises(WeightsError, match=r"weights_extra\.pt.*unexpected keys \['gamma'\]"):
-        network.load_alpha_beta(bad, sha256=None)
-    with pytest.raises(WeightsError, match=r"weights_extra\.pt has sha256 .* expected f5e65c96"):
         network.load_alpha_beta(bad)
+
+
+def test_tampered_alpha_beta_in_torchmetrics_fails_naming_file_and_version(monkeypatch, tmp_path):
+    import percepbench.weights as weights
+
+    fake = tmp_path / "site" / "torchmetrics"
+    path = fake / "functional" / "image" / "dists_models" / "weights.pt"
+    path.parent.mkdir(parents=True)
+    shipped = torch.load(torchmetrics_alpha_beta(), map_location="cpu", weights_only=True)
+    torch.save({"alpha": shipped["alpha"] * 0.5, "beta": shipped["beta"]}, path)  # valid keys, other values
+    real = weights.package_dir
+    monkeypatch.setattr(weights, "package_dir", lambda name: fake if name == "torchmetrics" else real(name))
+    with pytest.raises(WeightsError) as info:
+        dm.DISTSMetric(pretrained=False)
+    message = str(info.value)
+    assert str(path) in message and "shipped in torchmetrics 1.9.0" in message
+    assert f"has sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}, expected f5e65c96" in message
+    assert "pip install --force-reinstall torchmetrics==1.9.0" in message
+    assert not sha256_sidecar(path).exists()
+    path.unlink()  # a torchmetrics without the file
+    with pytest.raises(WeightsError, match=r"weights\.pt does not exist: the installed torchmetrics .* does not "
+                                           r"ship functional/image/dists_models/weights\.pt"):
+        ensure_files([dm.ALPHA_BETA_WEIGHTS])
 
 
 def test_offline_error_lists_torchvision_path_and_url(monkeypatch, tmp_path):
@@ -153,3 +196,6 @@ def test_offline_error_lists_torchvision_path_and_url(monkeypatch, tmp_path):
     url = "https://download.pytorch.org/models/vgg16-397923af.pth"
     assert str(path) in str(info.value) and url in str(info.value)
     assert info.value.files == [(path, url)]
+    with pytest.raises(OfflineError) as info:  # the spec's files: only the trunk needs the network
+        ensure_files(METRICS.get("dists").weights)
+    assert info.value.files == [(path, url)] and "torchmetrics" not in str(info.value)

@@ -253,7 +253,7 @@ def test_mae_download_round_trip_then_offline(server, weights_env, mae, monkeypa
 @pytest.mark.parametrize("name", list(NEW))
 def test_registry_entries(name):
     spec = METRICS.get(name)
-    assert spec.kind == "embedding" and spec.kwargs["backbone"] == NEW[name]
+    assert spec.load().embeds and spec.kwargs["backbone"] == NEW[name]
     assert spec.inputs.size == 224 and spec.inputs.interpolation == "bicubic"
     assert [w.url for w in spec.weights] == [URLS[name]]
     (w,) = spec.weights

@@ -1,10 +1,14 @@
 """LPIPS (metrics_registry/lpips_metric.py): parity with the lpips package on random trunks, strict head and
-trunk loading, trunks in torch hub's checkpoints dir (offline error, real HTTP download), example images."""
+trunk loading, heads as sha256-verified files shipped in the lpips wheel (a tampered copy is caught),
+trunks in torch hub's checkpoints dir (offline error, real HTTP download), example images."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +19,17 @@ from percepbench.errors import OfflineError, WeightsError
 from percepbench.images import load_rgb, pil_to_tensor
 from percepbench.metrics_registry import lpips_metric as lm
 from percepbench.registry import METRICS
-from percepbench.specs import WeightFile
+from percepbench.specs import IMAGENET, WeightFile
+from percepbench.weights import ensure_files, weight_path
 
 from conftest import SHARED_FIXTURES
 
 lpips = pytest.importorskip("lpips")
+
+
+def head_path(net: str, version: str) -> Path:
+    """Where the lpips package itself reads a head file (``LPIPS.__init__``: beside its own source file)."""
+    return Path(inspect.getfile(lpips.LPIPS)).resolve().parent / "weights" / f"v{version}" / f"{net}.pth"
 
 
 def reference(net: str, version: str = "0.1", **kwargs) -> torch.nn.Module:
@@ -61,9 +71,11 @@ def test_names_options_and_default():
     for net in lm.NETS:
         spec = METRICS.get(f"lpips.{net}")
         assert dict(spec.kwargs) == {"net": net, "version": "0.1"}
-        assert spec.weights == (lm.TRUNK_WEIGHTS[net],) and spec.weights[0].cache == "torch_hub"
+        trunk, head = spec.weights
+        assert trunk == lm.TRUNK_WEIGHTS[net] and trunk.cache == "torch_hub"
+        assert head == lm.HEAD_WEIGHTS[("0.1", net)] and head.cache == "package" and head.package == "lpips"
         assert spec.inputs.min_size == lm.MIN_SIZE[net]
-        assert lm.HEAD_SHA256[("0.1", net)] in spec.reference
+        assert head.sha256 in spec.reference
     with pytest.raises(ValueError, match="unknown LPIPS network 'resnet'"):
         lm.LPIPSMetric(net="resnet", pretrained=False)
     with pytest.raises(ValueError, match=r"unknown LPIPS version '0\.2'"):
@@ -81,11 +93,28 @@ def test_trunk_files_are_torchvisions():
 
 
 def test_shipped_heads_match_their_recorded_sha256():
-    prefixes = {"alex": "df73285e", "squeeze": "4a5350f2", "vgg": "a78928a0"}  # REFERENCE.md §5
-    for (version, net), digest in lm.HEAD_SHA256.items():
-        assert sha256_file(lm.head_file(net, version)) == digest
+    prefixes = {"alex": "df73285e", "squeeze": "4a5350f2", "vgg": "a78928a0"}  # REFERENCE.md §5 (published)
+    assert len(lm.HEAD_WEIGHTS) == 6
+    for (version, net), weight in lm.HEAD_WEIGHTS.items():
+        path = weight_path(weight)
+        assert path == head_path(net, version)  # the file the lpips package loads
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == weight.sha256
+        assert weight.source == "shipped in lpips 0.1.4"
         if version == "0.1":
-            assert digest.startswith(prefixes[net])
+            assert weight.sha256.startswith(prefixes[net])
+
+
+def test_spec_normalization_is_the_package_scaling_layer():
+    # LPIPS v0.1 maps [-1, 1] input with (x - shift) / scale; on [0, 1] input that is (x - mean) / std with
+    # mean = (1 + shift) / 2 and std = scale / 2, the spec's recorded normalisation
+    layer = lpips.ScalingLayer()
+    shift, scale = layer.shift.reshape(-1).double(), layer.scale.reshape(-1).double()
+    for net in lm.NETS:
+        (norm,) = METRICS.get(f"lpips.{net}").inputs.normalization
+        assert norm == IMAGENET
+        torch.testing.assert_close(torch.tensor(norm.mean, dtype=torch.float64), (1 + shift) / 2,
+                                   rtol=0, atol=1e-7)
+        torch.testing.assert_close(torch.tensor(norm.std, dtype=torch.float64), scale / 2, rtol=0, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------- parity
@@ -100,7 +129,7 @@ def test_parity_with_lpips_package_on_a_random_trunk(net, monkeypatch, tmp_path)
     for version in lm.VERSIONS:
         if version == "0.0":  # the package's own switch: version attribute + its head file
             ref.version = "0.0"
-            ref.load_state_dict(torch.load(lm.head_file(net, "0.0"), map_location="cpu", weights_only=True),
+            ref.load_state_dict(torch.load(head_path(net, "0.0"), map_location="cpu", weights_only=True),
                                 strict=False)
         ours = lm.LPIPSMetric(net=net, version=version, reduction="none")  # pretrained: files as shipped
         for k in range(len(lm.CHANNELS[net])):
@@ -143,7 +172,7 @@ def test_random_weights_need_no_files(monkeypatch, tmp_path):
 
 
 def test_head_file_with_a_missing_key_fails_naming_the_file(tmp_path):
-    state = torch.load(lm.head_file("alex", "0.1"), map_location="cpu", weights_only=True)
+    state = torch.load(head_path("alex", "0.1"), map_location="cpu", weights_only=True)
     del state["lin4.model.1.weight"]
     bad = tmp_path / "heads_missing.pth"
     torch.save(state, bad)
@@ -153,7 +182,7 @@ def test_head_file_with_a_missing_key_fails_naming_the_file(tmp_path):
 
 def test_head_file_with_the_dropout_free_layout_fails(tmp_path):
     # the package's silent failure: heads saved without dropout are keyed lin<k>.model.0.weight
-    state = torch.load(lm.head_file("squeeze", "0.1"), map_location="cpu", weights_only=True)
+    state = torch.load(head_path("squeeze", "0.1"), map_location="cpu", weights_only=True)
     renamed = {k.replace("model.1", "model.0"): v for k, v in state.items()}
     bad = tmp_path / "heads_nodropout.pth"
     torch.save(renamed, bad)
@@ -162,16 +191,60 @@ def test_head_file_with_the_dropout_free_layout_fails(tmp_path):
 
 
 def test_wrong_head_shape_and_hash_fail_naming_the_file(tmp_path, monkeypatch):
-    state = torch.load(lm.head_file("alex", "0.1"), map_location="cpu", weights_only=True)
+    state = torch.load(head_path("alex", "0.1"), map_location="cpu", weights_only=True)
     state["lin0.model.1.weight"] = torch.zeros(1, 65, 1, 1)
     bad = tmp_path / "heads_shape.pth"
     torch.save(state, bad)
     with pytest.raises(WeightsError, match=r"heads_shape\.pth.*size mismatch"):
         lm.LPIPSMetric(net="alex", pretrained=False, heads_file=bad)
-    monkeypatch.setitem(lm.HEAD_SHA256, ("0.1", "squeeze"), "0" * 64)
-    net = lm.LPIPSNetwork("squeeze")
-    with pytest.raises(WeightsError, match=r"v0\.1[/\\]squeeze\.pth has sha256 4a5350f2"):
-        net.load_heads(lm.head_file("squeeze", "0.1"), lm.HEAD_SHA256[("0.1", "squeeze")])
+
+
+def tampered_lpips(monkeypatch, tmp_path, net: str) -> Path:
+    """A copy of the lpips package directory whose v0.1 ``net`` head is a valid torch file with other
+    numbers; percepbench is pointed at it instead of the real package (site-packages stays untouched)."""
+    import percepbench.weights as weights
+
+    fake = tmp_path / "site" / "lpips"
+    head = fake / "weights" / "v0.1" / f"{net}.pth"
+    head.parent.mkdir(parents=True)
+    state = torch.load(head_path(net, "0.1"), map_location="cpu", weights_only=True)
+    torch.save({k: 2 * v for k, v in state.items()}, head)  # strict loading alone would accept it
+    real = weights.package_dir
+    monkeypatch.setattr(weights, "package_dir", lambda name: fake if name == "lpips" else real(name))
+    return head
+
+
+def test_tampered_head_in_the_package_fails_naming_file_and_version(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    place_trunk(monkeypatch, tmp_path / "torch", "squeeze", torchvision_state(reference("squeeze")))
+    head = tampered_lpips(monkeypatch, tmp_path, "squeeze")
+    with pytest.raises(WeightsError) as info:
+        lm.LPIPSMetric(net="squeeze")
+    message = str(info.value)
+    assert str(head) in message and "shipped in lpips 0.1.4" in message
+    assert f"expected {lm.HEAD_WEIGHTS[('0.1', 'squeeze')].sha256}" in message
+    assert hashlib.sha256(head.read_bytes()).hexdigest() in message
+    assert "pip install --force-reinstall lpips==0.1.4" in message
+    assert not sha256_sidecar(head).exists()  # nothing is written next to a package's files
+
+
+def test_verifying_a_shipped_head_writes_nothing_into_the_package():
+    weight = lm.HEAD_WEIGHTS[("0.1", "alex")]
+    path = weight_path(weight)
+    before = sorted(p.name for p in path.parent.iterdir())
+    ensure_files([weight])
+    assert sorted(p.name for p in path.parent.iterdir()) == before and not sha256_sidecar(path).exists()
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    import percepbench.weights as weights
+
+    monkeypatch.setattr(weights, "package_dir", lambda name: None)
+    weight = lm.HEAD_WEIGHTS[("0.1", "vgg")]
+    assert not weights.is_present(weight)
+    with pytest.raises(WeightsError, match=r"weights/v0\.1/vgg\.pth ships inside the Python package 'lpips', "
+                                           r"which is not installed: pip install lpips==0\.1\.4"):
+        ensure_files([weight])
 
 
 def test_trunk_file_with_a_missing_tensor_fails_naming_the_file(monkeypatch, tmp_path):
@@ -195,6 +268,11 @@ def test_offline_error_lists_torchvision_path_and_url(monkeypatch, tmp_path):
     message = str(info.value)
     assert str(path) in message and "https://download.pytorch.org/models/vgg16-397923af.pth" in message
     assert info.value.files == [(path, "https://download.pytorch.org/models/vgg16-397923af.pth")]
+    # all of the spec's files at once: only the downloadable trunk is listed, never the shipped head
+    with pytest.raises(OfflineError) as info:
+        ensure_files(METRICS.get("lpips.vgg").weights)
+    assert info.value.files == [(path, "https://download.pytorch.org/models/vgg16-397923af.pth")]
+    assert "vgg.pth" not in str(info.value) and "lpips" not in str(info.value)
 
 
 def test_trunk_downloads_over_http_into_torch_hub_checkpoints(weights_env, server, monkeypatch, tmp_path):
@@ -220,7 +298,9 @@ def test_trunk_downloads_over_http_into_torch_hub_checkpoints(weights_env, serve
 
 
 def test_trunk_failing_the_published_sha256_prefix_is_deleted(weights_env, server, monkeypatch, tmp_path):
-    url = server.add("squeezenet1_1-b8a52dc0.pth", b"not the real squeezenet")
+    fake = tmp_path / "fake.pth"
+    torch.save({"w": torch.zeros(1)}, fake)  # a torch file (its format is checked), not the real squeezenet
+    url = server.add("squeezenet1_1-b8a52dc0.pth", fake.read_bytes())
     monkeypatch.setitem(lm.TRUNK_WEIGHTS, "squeeze", dataclasses.replace(lm.TRUNK_WEIGHTS["squeeze"], url=url))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsError, match=r"squeezenet1_1-b8a52dc0\.pth.*does not start with the published "

@@ -1,7 +1,10 @@
-"""percepbench.weights: cache-dir rule, presence (zip archives via extract_to), ensure_files online/offline."""
+"""percepbench.weights: cache-dir rule, presence (zip archives via extract_to), ensure_files online/offline,
+files shipped inside an installed package (found, verified, never downloaded, tampering caught), the one
+verification function with its published-prefix check."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import zipfile
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch.hub
 
+from percepbench.download import sha256_sidecar
 from percepbench.errors import OfflineError, WeightsError
 from percepbench.specs import MetricSpec, WeightFile
 from percepbench.weights import (
@@ -18,7 +22,9 @@ from percepbench.weights import (
     ensure_weights,
     is_present,
     missing_weights,
+    package_dir,
     usable_offline,
+    verify_weight,
     weight_path,
 )
 
@@ -127,8 +133,9 @@ def test_ensure_files_network_failure_lists_all_missing(weights_env):
 
 
 def test_ensure_files_catches_a_file_modified_after_download(server, weights_env):
-    data = b"weights" * 100
-    files = [WeightFile("w.pth", server.add("w.pth", data))]  # no known sha256: the recorded one is used
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(100)}, buf)  # a real torch file: without a known sha256 the format is checked
+    files = [WeightFile("w.pth", server.add("w.pth", buf.getvalue()))]  # no known sha256: the recorded one is used
     ensure_files(files, progress=False)
     (weights_env / "w.pth").write_bytes(b"tampered" * 100)
     with pytest.raises(WeightsError, match="changed since it was downloaded") as info:
@@ -164,3 +171,103 @@ def test_missing_weights_honours_extract_to(weights_env):
 def test_weight_paths_must_stay_inside_the_cache(name):
     with pytest.raises(WeightsError, match="relative path inside the cache"):
         ensure_files([WeightFile(name, "https://example.invalid/w")], progress=False)
+
+
+# ------------------------------------------------------------------------------ files shipped in a package
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """An importable package ``pb_shipped_pkg`` on sys.path with a data file, and its WeightFile."""
+    data = b"head weights " * 50
+    pkg = tmp_path / "site" / "pb_shipped_pkg"
+    (pkg / "weights").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "weights" / "head.pth").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    w = WeightFile("weights/head.pth", "https://pypi.org/project/pb-shipped-pkg/1.2/", sha256=sha(data),
+                   cache="package", package="pb_shipped_pkg", package_version="1.2")
+    return w, pkg / "weights" / "head.pth"
+
+
+def test_package_file_is_found_verified_and_never_downloaded(shipped, monkeypatch, weights_env):
+    w, path = shipped
+    assert package_dir("pb_shipped_pkg") == path.parent.parent.resolve()
+    assert weight_path(w) == path.resolve() and is_present(w)
+    assert w.source == "shipped in pb_shipped_pkg 1.2"
+    spec = MetricSpec(name="fake.pkg", target="helpers_metrics:MeanAbs", description="x", weights=(w,))
+    assert missing_weights(spec) == [] and usable_offline(spec)
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")  # never needs the network
+    ensure_files([w], progress=False)
+    assert verify_weight(w) == sha(path.read_bytes())
+    assert sorted(p.name for p in path.parent.iterdir()) == ["head.pth"]  # no .sha256 sidecar written
+    assert not weights_env.exists()  # nothing went to the weights cache
+
+
+def test_tampered_package_file_fails_naming_file_and_versions(shipped):
+    w, path = shipped
+    path.write_bytes(b"tampered")
+    with pytest.raises(WeightsError) as info:
+        ensure_files([w], progress=False)
+    message = str(info.value)
+    assert str(path.resolve()) in message and f"has sha256 {sha(b'tampered')}, expected {w.sha256}" in message
+    # no distribution metadata for the test package: the installed version is unknown
+    assert "shipped in pb_shipped_pkg (version unknown)" in message and "the file of pb_shipped_pkg 1.2" in message
+    assert "pip install --force-reinstall pb_shipped_pkg==1.2" in message
+    assert not sha256_sidecar(path).exists()
+
+
+def test_package_without_the_file_or_not_installed(shipped, monkeypatch):
+    w, path = shipped
+    path.unlink()
+    assert not is_present(w)
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")  # a WeightsError (install), not an OfflineError (download)
+    with pytest.raises(WeightsError, match=r"does not exist: the installed pb_shipped_pkg .* does not ship "
+                                           r"weights/head\.pth"):
+        ensure_files([w], progress=False)
+    gone = WeightFile("weights/head.pth", w.url, sha256=w.sha256, cache="package", package="pb_not_installed_pkg",
+                      package_version="3.0")
+    assert package_dir("pb_not_installed_pkg") is None and not is_present(gone)
+    with pytest.raises(WeightsError, match=r"'pb_not_installed_pkg', which is not installed: "
+                                           r"pip install pb_not_installed_pkg==3\.0"):
+        weight_path(gone)
+
+
+def test_offline_error_lists_only_downloadable_files(shipped, monkeypatch, weights_env):
+    w, _ = shipped
+    trunk = WeightFile("trunk.pth", "https://example.invalid/trunk.pth")
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    with pytest.raises(OfflineError) as info:
+        ensure_files([trunk, w], progress=False)
+    assert info.value.files == [(weights_env / "trunk.pth", "https://example.invalid/trunk.pth")]
+    assert "head.pth" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"cache": "package", "package": "lpips", "package_version": "0.1.4"}, "needs `package`"),
+    ({"cache": "package", "sha256": "0" * 64, "package_version": "0.1.4"}, "needs `package`"),
+    ({"package": "lpips", "package_version": "0.1.4"}, "need cache='package'"),
+    ({"cache": "package", "package": "lpips", "package_version": "1", "sha256": "0" * 64, "extract_to": "x"},
+     "not an archive"),
+    ({"sha256": "ABC"}, "64 lower-case hex digits"),
+    ({"cache": "elsewhere"}, "cache must be"),
+])
+def test_weight_file_fields_are_checked(kwargs, problem):
+    with pytest.raises(ValueError, match=problem):
+        WeightFile("w.pth", "https://example.invalid/w.pth", **kwargs)
+
+
+def test_verify_weight_checks_the_published_prefix(weights_env):
+    weights_env.mkdir(parents=True)
+    path = weights_env / "net-abcdef12.pth"
+    path.write_bytes(b"not the published file")
+    w = WeightFile(path.name, "https://example.invalid/net-abcdef12.pth", sha256_prefix="abcdef12")
+    with pytest.raises(WeightsError, match=r"does not start with the published prefix abcdef12; delete it"):
+        verify_weight(w)
+    assert path.is_file()  # a check alone deletes nothing
+    with pytest.raises(WeightsError, match="the file was deleted"):
+        ensure_files([w], progress=False)  # ensure_files deletes it so that the next use downloads it again
+    assert not path.exists() and not sha256_sidecar(path).exists()
+    good = b"some bytes"
+    path.write_bytes(good)
+    assert verify_weight(dataclasses.replace(w, sha256_prefix=sha(good)[:8])) == sha(good)

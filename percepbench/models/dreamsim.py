@@ -17,7 +17,6 @@ creates), so an existing official cache dir works as it is::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,9 @@ from PIL import Image
 from torch import nn
 
 from percepbench.errors import WeightsError
+from percepbench.images import to_rgb
 from percepbench.models.vit import BACKBONES, IMAGE_SIZE, Backbone, Feature, read_checkpoint
+from percepbench.specs import InputConvention
 
 RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
 
@@ -51,6 +52,15 @@ class Variant:
     @property
     def embed_dim(self) -> int:
         return sum(BACKBONES[b].proj_dim or BACKBONES[b].width for b in self.backbones)
+
+    @property
+    def inputs(self) -> InputConvention:
+        """This variant's preprocessing (the metric spec records it): images resized to 224x224 bicubic
+        (the official ``preprocess``: PIL bicubic on files), values in [0, 1], and inside the model each
+        backbone's own mean/std (from its :class:`~percepbench.models.vit.BackboneConfig`), in branch order.
+        """
+        return InputConvention(size=IMAGE_SIZE, interpolation="bicubic",
+                               normalization=tuple(BACKBONES[b].normalization for b in self.backbones))
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -240,11 +250,17 @@ class DreamSimModel(nn.Module):
         uses the official key names (``base_model.model.extractor_list.<i>.model.blocks.<k>.attn.qkv.lora_A.weight``).
         :meth:`load_lora` reads the folder back, and so does the official ``dreamsim`` package when the folder
         sits in its cache dir under the variant's name (e.g. ``dino_vitb16_single_lora``). Both files are
-        written to temporary names first and then moved into place, so an interrupted save never leaves a
-        half-written file; the weights' sha256 is recorded beside them (``load_lora`` checks it).
+        written to temporary names first and then moved into place, weights before config
+        (:func:`percepbench.fileio.atomic_write`), so an interrupted save never leaves a half-written file;
+        the weights' sha256 is recorded beside them (``load_lora`` checks it).
         """
+        import hashlib
+
         from peft import LoraConfig
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from percepbench.download import record_sha256
+        from percepbench.fileio import atomic_write, atomic_write_bytes
 
         if self.lora_config is None:
             raise RuntimeError("no LoRA attached (never added, or merged into the weights): nothing to save")
@@ -254,16 +270,16 @@ class DreamSimModel(nn.Module):
         config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
         tensors = {_to_official_key(k): v.detach().to("cpu", torch.float32).contiguous()
                    for k, v in self.state_dict().items() if ".lora_" in k}
-        tmp_weights = out / ".adapter_model.safetensors.tmp"
-        tmp_config = out / ".adapter_config.json.tmp"
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-        from percepbench.download import record_sha256, sha256_file
+        weights = save(tensors, metadata={"format": "pt"})
+        config_text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
 
-        os.replace(tmp_weights, out / "adapter_model.safetensors")
-        os.replace(tmp_config, out / "adapter_config.json")
+        def write_config(fh: Any) -> None:
+            fh.write(config_text)  # the config waits in its temporary file while the weights move into place
+            atomic_write_bytes(out / "adapter_model.safetensors", weights)
+
+        atomic_write(out / "adapter_config.json", write_config, mode="w", encoding="utf-8")
         # the sidecar that load_lora checks: the new weights' hash replaces any older one
-        record_sha256(out / "adapter_model.safetensors", sha256_file(out / "adapter_model.safetensors"))
+        record_sha256(out / "adapter_model.safetensors", hashlib.sha256(weights).hexdigest())
         return out
 
     def merge_lora(self) -> None:
@@ -344,8 +360,14 @@ def build_dreamsim(variant: str | Variant = "ensemble", *, cache_dir: str | Path
 
 
 def preprocess(pil_image: Image.Image) -> torch.Tensor:
-    """Official preprocessing: RGB, PIL bicubic resize to exactly 224x224 (aspect squashed), [0, 1], (1, 3, 224, 224)."""
-    im = pil_image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    """Official preprocessing: RGB, PIL bicubic resize to exactly 224x224 (aspect squashed), [0, 1], (1, 3, 224, 224).
+
+    RGB comes from :func:`percepbench.images.to_rgb`: PIL's ``convert("RGB")`` for 8-bit modes, as the official
+    preprocess; 16-bit and float images scaled to 8 bits (the official ``convert`` clips them to 0..255,
+    so a 16-bit image turns white and a float one black); :class:`~percepbench.errors.DataError` for
+    images it refuses.
+    """
+    im = to_rgb(pil_image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, 3)
     return (t.permute(2, 0, 1).float() / 255.0).unsqueeze(0)
 

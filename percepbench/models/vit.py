@@ -60,10 +60,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from percepbench.specs import IMAGENET, OPENAI_CLIP, Normalization
+
+#: input side of every backbone (position grids are 224 / patch)
 IMAGE_SIZE = 224
 
 Feature = Literal["cls", "embedding", "cls_patch"]
@@ -80,8 +79,7 @@ class BackboneConfig:
     ln_eps: float
     ln_pre: bool
     layer_scale: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    normalization: Normalization  # applied inside, on [0, 1] input (see percepbench.specs)
     checkpoint: str  # path of the weights file inside the (official-layout) cache dir
     checkpoint_format: CheckpointFormat
     checkpoint_url: str | None = None  # direct URL (torch-hub files); None: comes inside a DreamSim zip
@@ -95,6 +93,16 @@ class BackboneConfig:
     @property
     def grid(self) -> int:
         return IMAGE_SIZE // self.patch_size
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """``normalization.mean``."""
+        return self.normalization.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """``normalization.std``."""
+        return self.normalization.std
 
     @property
     def features(self) -> tuple[Feature, ...]:
@@ -113,40 +121,40 @@ def _timm_hub(repo: str, filename: str, fmt: CheckpointFormat) -> dict[str, str]
 
 
 BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
-    BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
                    "checkpoints/dino_vitbase16_pretrain.pth", "dino_hub",
                    f"{_FB}/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    BackboneConfig("dino_vits8", 8, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("dino_vits8", 8, "gelu", 1e-6, False, False, IMAGENET,
                    "checkpoints/dino_deitsmall8_pretrain.pth", "dino_hub",
                    f"{_FB}/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth", width=384, heads=6),
-    BackboneConfig("dino_vits16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("dino_vits16", 16, "gelu", 1e-6, False, False, IMAGENET,
                    "checkpoints/dino_deitsmall16_pretrain.pth", "dino_hub",
                    f"{_FB}/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", width=384, heads=6),
-    BackboneConfig("dino_vitb8", 8, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("dino_vitb8", 8, "gelu", 1e-6, False, False, IMAGENET,
                    "checkpoints/dino_vitbase8_pretrain.pth", "dino_hub",
                    f"{_FB}/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
-    BackboneConfig("dinov2_vitb14", 14, "gelu", 1e-6, False, True, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("dinov2_vitb14", 14, "gelu", 1e-6, False, True, IMAGENET,
                    "checkpoints/dinov2_vitb14_pretrain.pth", "dinov2_hub",
                    f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth", checkpoint_grid=37),
-    BackboneConfig("synclr_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("synclr_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
                    "synclr_vit_b_16.pth", "synclr"),
-    BackboneConfig("clip_vitb16", 16, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("clip_vitb16", 16, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
                    "clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("clip_vitb32", 32, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("clip_vitb32", 32, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
                    "clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("open_clip_vitb16", 16, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("open_clip_vitb16", 16, "gelu", 1e-5, True, False, OPENAI_CLIP,
                    "open_clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("open_clip_vitb32", 32, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("open_clip_vitb32", 32, "gelu", 1e-5, True, False, OPENAI_CLIP,
                    "open_clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
     # Not in any DreamSim release: the original weights, as safetensors from timm's Hugging Face repos.
-    BackboneConfig("clip_vitl14", 14, "quick_gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("clip_vitl14", 14, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
                    **_timm_hub("vit_large_patch14_clip_224.openai", "open_clip_model.safetensors", "open_clip"),
                    proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
-    BackboneConfig("open_clip_vitl14", 14, "gelu", 1e-5, True, False, CLIP_MEAN, CLIP_STD,
+    BackboneConfig("open_clip_vitl14", 14, "gelu", 1e-5, True, False, OPENAI_CLIP,
                    **_timm_hub("vit_large_patch14_clip_224.laion400m_e31", "open_clip_model.safetensors",
                                "open_clip"),
                    proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
-    BackboneConfig("mae_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET_MEAN, IMAGENET_STD,
+    BackboneConfig("mae_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
                    **_timm_hub("vit_base_patch16_224.mae", "model.safetensors", "timm")),
 )}
 
@@ -328,8 +336,9 @@ class Backbone(nn.Module):
                 self.model = build_vit(cfg)
         else:
             self.model = build_vit(cfg)
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        norm = cfg.normalization
+        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), persistent=False)
         self._fused_attn: bool | None = None  # set by the first forward (see _choose_attention)
         self.proj = None
         if cfg.proj_dim:  # CLIP's initialisation: normal with std width ** -0.5
