@@ -21,6 +21,12 @@ Embedding metrics (``embeds = True``) also implement :meth:`embed` (validated [0
 and :meth:`embedding_distance`, with ``distance(x, y) == embedding_distance(embed(x), embed(y))``. The
 runner then embeds each unique image of a file-based task once and serves repeats from the on-disk
 embedding cache (:mod:`percepbench.embed_cache`).
+
+Precision: inside a ``torch.autocast`` region (``percepbench run --precision bf16|fp16``, or the caller's
+own), a metric computes in the autocast precision only when its spec lists it in ``MetricSpec.precisions``;
+otherwise :meth:`DistanceMetric.pairwise` and :meth:`DistanceMetric.embed_images` disable autocast around
+``distance``/``embed`` and cast half-precision inputs to float32, so the metric computes in fp32
+(:meth:`DistanceMetric.computes_in` says which). A metric built without a spec may use every precision.
 """
 
 from __future__ import annotations
@@ -29,13 +35,42 @@ import functools
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from percepbench.config import PRECISIONS
 from percepbench.metrics_registry.validation import check_pair, to_unit_range
+from percepbench.specs import InputConvention
 
 Reduction = Literal["none", "mean", "sum"]
+
+_AUTOCAST_PRECISIONS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def autocast_precision(device_type: str) -> str:
+    """The precision ``torch.autocast`` imposes on ``device_type`` here: ``"bf16"``, ``"fp16"``, or ``"fp32"``
+    when autocast is off (or set to another dtype)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return "fp32"
+    return _AUTOCAST_PRECISIONS.get(torch.get_autocast_dtype(device_type), "fp32")
+
+
+def resize_to_convention(x: torch.Tensor, inputs: InputConvention) -> torch.Tensor:
+    """Resize [0, 1] tensors (N, C, H, W) to ``inputs.size`` x ``inputs.size`` with ``inputs.interpolation``.
+
+    Bilinear and bicubic are antialiased (``align_corners=False``), the tensor counterpart of PIL's resize
+    of image files; the result is clamped to [0, 1] (bicubic overshoots). Returned unchanged when
+    ``inputs.size`` is None or the tensor already has that size.
+    """
+    if inputs.size is None or tuple(x.shape[-2:]) == (inputs.size, inputs.size):
+        return x
+    mode = inputs.interpolation or "bicubic"
+    smooth = mode in ("bilinear", "bicubic")
+    x = F.interpolate(x, size=(inputs.size, inputs.size), mode=mode, antialias=smooth,
+                      align_corners=False if smooth else None)
+    return x.clamp(0.0, 1.0)
 
 
 class DistanceMetric(Metric):
@@ -91,7 +126,7 @@ class DistanceMetric(Metric):
         check_pair(images, images)
         x = to_unit_range(images, name="images", grayscale=self.grayscale, min_size=self.min_size,
                           check_values=self.validate_args, input_range=self.input_range)
-        return self.embed(x.to(self.device))
+        return self._in_own_precision(self.embed, x.to(self.device))
 
     def freeze(self, module: nn.Module) -> nn.Module:
         """Register ``module`` as a frozen feature network: eval mode, no weight gradients."""
@@ -106,6 +141,25 @@ class DistanceMetric(Metric):
             module.eval()
         return self
 
+    # -- precision --------------------------------------------------------------------------------
+    def computes_in(self, precision: str) -> str:
+        """The precision this metric computes in when a run asks for ``precision``: ``precision`` itself when
+        the spec's ``precisions`` lists it (every precision without a spec), else ``"fp32"``."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        supported = getattr(self.spec, "precisions", PRECISIONS) if self.spec is not None else PRECISIONS
+        return precision if precision in supported else "fp32"
+
+    def _in_own_precision(self, fn: Any, *tensors: torch.Tensor) -> torch.Tensor:
+        """``fn(*tensors)``, with autocast disabled and half inputs cast to float32 when the autocast
+        precision active on the tensors' device is not one this metric computes in."""
+        device_type = tensors[0].device.type
+        asked = autocast_precision(device_type)
+        if self.computes_in(asked) == asked:
+            return fn(*tensors)
+        with torch.autocast(device_type, enabled=False):
+            return fn(*(t.float() if t.dtype in _AUTOCAST_PRECISIONS else t for t in tensors))
+
     # -- the contract -----------------------------------------------------------------------------
     def prepare(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate a pair of batches and convert both to float [0, 1] on the metric's device."""
@@ -119,7 +173,7 @@ class DistanceMetric(Metric):
     def pairwise(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Validated per-pair distances, shape (N,), without touching the metric's state."""
         x, y = self.prepare(preds, target)
-        d = self.distance(x, y)
+        d = self._in_own_precision(self.distance, x, y)
         if d.shape != (x.shape[0],):
             raise RuntimeError(
                 f"{type(self).__name__}.distance returned shape {tuple(d.shape)}, expected ({x.shape[0]},)"

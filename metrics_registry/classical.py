@@ -11,6 +11,13 @@ a reduced-scale rule for the multi-scale SSIMs so that they also run on small pa
 that the image size allows, with the first L official weights renormalised to sum to 1. At >= 176 px
 this is exactly the standard metric; at 64x64 (BAPPS patches) it is 3 scales (torchmetrics rule) or
 3 scales (piq rule). The number of scales used is recorded in ``metric.last_scales``.
+
+**Always fp32.** Every spec here declares ``precisions=("fp32",)``: under autocast piq's indices return NaN
+for many images (on the CPU, 32 severity2afc triplets at 128 px: IW-SSIM 21 NaN under bf16 and a failed
+eigendecomposition under fp16, VIF 31 and FSIM 22 NaN under fp16; MS-SSIM was reported on a GPU), so
+inside a ``--precision bf16|fp16`` run (or the caller's ``torch.autocast``) these metrics compute in fp32
+with autocast disabled (:meth:`~percepbench.metrics_registry.base.DistanceMetric.computes_in`); the run's
+protocol records ``precision: fp32`` for them. They have no network, so half precision would gain nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from percepbench.specs import InputConvention, MetricSpec
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 PSNR_MSE_FLOOR = 1e-10  # identical images: PSNR 100 dB instead of +inf
+FP32_ONLY = ("fp32",)  # the precisions every metric of this module computes in (module docstring)
 
 
 def scale_weights(levels: int) -> tuple[float, ...]:
@@ -217,21 +225,21 @@ register_metric(MetricSpec(
     description="Peak signal-to-noise ratio per image, as -PSNR (dB)",
     distance="-PSNR (dB); MSE floored at 1e-10",
     reference="torchmetrics.functional.peak_signal_noise_ratio(data_range=1, dim=(1,2,3)); skimage.metrics.peak_signal_noise_ratio",
-    licence="Apache-2.0 (torchmetrics)", citation="",
+    licence="Apache-2.0 (torchmetrics)", citation="", precisions=FP32_ONLY,
 ))
 register_metric(MetricSpec(
     name="ssim", target=f"{_MODULE}:SSIM",
     description="Structural similarity (Gaussian 11x11, sigma 1.5, valid region), mean over RGB channels",
     distance="1 - SSIM", inputs=InputConvention(min_size=11),
     reference="skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1); torchmetrics SSIM map (border excluded)",
-    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_SSIM,
+    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_SSIM, precisions=FP32_ONLY,
 ))
 register_metric(MetricSpec(
     name="ms_ssim", target=f"{_MODULE}:MSSSIM",
     description="Multi-scale SSIM; fewer scales (renormalised weights) on images under 176 px",
     distance="1 - MS-SSIM", inputs=InputConvention(min_size=11),
     reference="torchmetrics.functional.multiscale_structural_similarity_index_measure(data_range=1)",
-    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_MSSSIM,
+    licence="Apache-2.0 (torchmetrics)", citation=_TM_CITE_MSSSIM, precisions=FP32_ONLY,
 ))
 
 _PIQ_DESCRIPTIONS = {
@@ -258,6 +266,6 @@ for _index, _info in PIQ_INDICES.items():
         description=_PIQ_DESCRIPTIONS[_index], distance=_dist,
         inputs=InputConvention(min_size=_info.min_size),
         reference=f"piq.{_info.function}(data_range=1, reduction='none')",
-        licence="Apache-2.0 (piq)", citation=_PIQ_CITE,
+        licence="Apache-2.0 (piq)", citation=_PIQ_CITE, precisions=FP32_ONLY,
     ))
 

@@ -6,31 +6,45 @@
       "schema": "percepbench-results",
       "schema_version": 1,
       "complete": true,               # false while a run is still going (or was interrupted)
-      "meta": {percepbench_version, git_sha, torch_version, python, platform, device, seed,
-               started, finished, config, metrics: {name: spec}, tasks: {name: spec},
-               protocol: [{task, metric, ...}], skipped: [{task, metric, reason}]},
+      "meta": {                       # RunMeta, typed in percepbench.results_schema
+        # environment
+        "percepbench_version", "git_sha", "torch_version", "python", "platform",
+        "device", "device_name", "cpu_model",
+        # timings (the seconds of each (task, metric) are in protocol[].seconds)
+        "started", "finished",
+        # settings and what ran
+        "precision", "seed", "config", "metrics", "tasks", "weights",
+        "task_protocols", "protocol", "failed"
+      },
       "records": [{task, subset, metric, measure, value, ci_low, ci_high, n}, ...],
       "comparisons": [{task, subset, measure, metric_a, metric_b, diff, ci_low, ci_high, p_value, n}, ...],
       "samples": "samples.parquet"
     }
+
+``meta.protocol`` holds one ``{task, metric, inputs, resize, scales_used, embedding, seconds}`` per
+(task, metric) pair that produced records; ``meta.failed`` one ``{task, metric, kind, error}`` per pair that
+failed (``kind`` is ``"data"`` for missing or unreadable data, else ``"failure"``), and one whose ``metric`` is
+``"(paired comparisons)"`` when comparing a task's metrics ended the run. The types of every key,
+and the reading rules (absent keys read as empty, unknown keys kept), are in
+:mod:`percepbench.results_schema`.
 
 ``comparisons`` pair every two metrics of a task on the same items (``diff`` = score of ``metric_a``
 minus score of ``metric_b``, in the measure's units; paired bootstrap CI; sign-flip permutation p-value),
 so "A beats B" is a tested claim. Files written before it existed read back with no comparisons.
 
 Records are long-format, one row per (task, subset, metric, measure); pandas and seaborn read them as
-they are. ``samples.parquet`` holds one row per (task, metric, item) with the distances, the label and
-the item's score, so every record can be recomputed without running a model.
+they are. A task with several subsets also has a pooled record per (metric, measure) whose subset is
+:data:`ALL` (``"all"``). ``samples.parquet`` holds one row per (task, metric, item) with the item's subset,
+its label columns, the distances and the item's score, so every record can be recomputed without running
+a model.
 
-Both files are written atomically (temporary file + ``os.replace``): an interrupted run leaves the last
-complete state, never a truncated file.
+Both files are written atomically (:func:`percepbench.fileio.atomic_write`): an interrupted run leaves the
+last complete state, never a truncated file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +52,19 @@ from typing import Any
 import pandas as pd
 
 from percepbench.errors import DataError
+from percepbench.fileio import atomic_write
+from percepbench.results_schema import RunMeta, read_meta
 
 SCHEMA = "percepbench-results"
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.parquet"
+#: The subset name of a pooled record (every item of a task with several subsets).
+ALL = "all"
 RECORD_COLUMNS = ["task", "subset", "metric", "measure", "value", "ci_low", "ci_high", "n"]
 COMPARISON_COLUMNS = ["task", "subset", "measure", "metric_a", "metric_b", "diff", "ci_low", "ci_high",
                       "p_value", "n"]
+#: The columns that identify a row of ``samples.parquet``; every samples file also has ``score``.
 SAMPLE_KEY_COLUMNS = ["task", "subset", "item", "metric"]
 
 
@@ -53,7 +72,7 @@ SAMPLE_KEY_COLUMNS = ["task", "subset", "item", "metric"]
 class RunResults:
     """A run's results in memory: metadata, long-format records and (optionally) per-item samples."""
 
-    meta: dict[str, Any]
+    meta: RunMeta
     records: pd.DataFrame
     samples: pd.DataFrame | None = None
     complete: bool = True
@@ -61,19 +80,8 @@ class RunResults:
     path: Path | None = field(default=None, compare=False)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def records_frame(records: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Records as a DataFrame with :data:`RECORD_COLUMNS` first; raises ``ValueError`` when one is missing."""
     df = pd.DataFrame(records)
     if df.empty:
         return pd.DataFrame(columns=RECORD_COLUMNS)
@@ -98,8 +106,6 @@ def write_results(out_dir: str | Path, results: RunResults) -> Path:
     """Write ``samples.parquet`` (if any) then ``results.json``, each atomically. Returns the JSON path."""
     out = Path(out_dir)
     records = records_frame(results.records)
-    if results.samples is not None:
-        _atomic_write(out / SAMPLES_FILE, lambda tmp: results.samples.to_parquet(tmp, index=False))
     payload = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -111,12 +117,19 @@ def write_results(out_dir: str | Path, results: RunResults) -> Path:
         "samples": SAMPLES_FILE if results.samples is not None else None,
     }
     text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
-    _atomic_write(out / RESULTS_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    if results.samples is not None:
+        samples = results.samples
+        atomic_write(out / SAMPLES_FILE, lambda fh: samples.to_parquet(fh, index=False))
+    atomic_write(out / RESULTS_FILE, lambda fh: fh.write(text + "\n"), mode="w", encoding="utf-8")
     return out / RESULTS_FILE
 
 
 def load_results(path: str | Path, *, samples: bool = True) -> RunResults:
-    """Read a run directory (or its ``results.json``). Raises :class:`DataError` naming the file."""
+    """Read a run directory (or its ``results.json``). Raises :class:`DataError` naming the file.
+
+    ``meta`` comes back as :class:`~percepbench.results_schema.RunMeta` (checked, absent keys filled:
+    :func:`~percepbench.results_schema.read_meta`); ``samples=False`` skips reading ``samples.parquet``.
+    """
     p = Path(path)
     json_path = p / RESULTS_FILE if p.is_dir() else p
     if not json_path.is_file():
@@ -134,8 +147,10 @@ def load_results(path: str | Path, *, samples: bool = True) -> RunResults:
             f"{json_path}: results schema version {version!r} is not supported by this percepbench "
             f"(reads version {SCHEMA_VERSION})"
         )
+    meta = read_meta(payload.get("meta"), str(json_path))
     try:
         records = records_frame(payload.get("records") or [])
+        comparisons = pd.DataFrame(payload.get("comparisons") or [], columns=COMPARISON_COLUMNS)
     except ValueError as exc:
         raise DataError(f"{json_path}: {exc}") from exc
     sample_df = None
@@ -145,11 +160,14 @@ def load_results(path: str | Path, *, samples: bool = True) -> RunResults:
             sample_df = pd.read_parquet(sample_path)
         except Exception as exc:  # pyarrow raises several types
             raise DataError(f"{sample_path}: cannot read per-item samples ({exc})") from exc
+        missing = [c for c in [*SAMPLE_KEY_COLUMNS, "score"] if c not in sample_df.columns]
+        if missing:
+            raise DataError(f"{sample_path}: per-item samples lack columns {missing}")
     return RunResults(
-        meta=payload.get("meta") or {},
+        meta=meta,
         records=records,
         samples=sample_df,
         complete=bool(payload.get("complete", False)),
-        comparisons=pd.DataFrame(payload.get("comparisons") or [], columns=COMPARISON_COLUMNS),
+        comparisons=comparisons,
         path=json_path.parent,
     )

@@ -1,7 +1,8 @@
 """The runner: the only place where metrics meet tasks.
 
 For each task: prepare its items once; for each metric: feed the item images through the metric in
-batches, keep every per-item distance, let the task score them (bootstrap CIs), and write the results
+batches, keep every per-item distance, check that every one is finite (a NaN or infinite distance fails
+the pair: :func:`check_finite_distances`), let the task score them (bootstrap CIs), and write the results
 directory after every (task, metric) so that an interrupted run keeps what it finished.
 """
 
@@ -17,8 +18,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +30,29 @@ from tqdm.auto import tqdm
 
 import percepbench
 from percepbench.config import RunConfig
-from percepbench.errors import DataError, UsageError
+from percepbench.errors import DataError, PercepbenchError, UsageError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import METRICS, TASKS
-from percepbench.results import COMPARISON_COLUMNS, RESULTS_FILE, RunResults, records_frame, write_results
+from percepbench.results import (
+    ALL,
+    COMPARISON_COLUMNS,
+    RESULTS_FILE,
+    RunResults,
+    load_results,
+    records_frame,
+    write_results,
+)
+from percepbench.results_schema import EmbeddingStats, Environment, Failure, ProtocolEntry, RunMeta
+from percepbench.rundir import lock_run_dir, remove_run_files, settings_differences
 from percepbench.specs import MetricSpec, TaskSpec
 from percepbench.weights import usable_offline
+
+if TYPE_CHECKING:
+    # For the type checker only: importing percepbench.tasks.base at run time imports the package
+    # percepbench.tasks, whose __init__ registers every benchmark, and the core never imports tasks (the
+    # registry loads a task's module when its spec is created). Every task the runner gets is built by a
+    # TaskSpec and follows this interface.
+    from percepbench.tasks.base import Task
 
 log = logging.getLogger("percepbench")
 
@@ -52,6 +71,39 @@ def git_sha() -> str | None:
     dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     return sha + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str | None:
+    """The host CPU's model name: ``model name`` in ``/proc/cpuinfo`` (Linux), else ``platform.processor()``
+    (macOS ``"arm"``/``"i386"``, Windows the full name); None when neither says anything."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment(device: torch.device) -> Environment:
+    """Where a run runs: versions, platform, the device and its name, the host CPU (``meta``)."""
+    cpu = cpu_model()
+    if device.type == "cuda":
+        name: str | None = torch.cuda.get_device_name(device)
+    else:
+        name = cpu if device.type == "cpu" else None
+    return {
+        "percepbench_version": percepbench.__version__,
+        "git_sha": git_sha(),
+        "torch_version": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "cpu_model": cpu,
+    }
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -96,6 +148,7 @@ def select_metrics(config: RunConfig) -> list[MetricSpec]:
 
 
 def default_out_dir() -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>`` in the working directory, ``-2``, ``-3``… appended while the name is taken."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / stamp
     out, i = base, 1
@@ -105,11 +158,101 @@ def default_out_dir() -> Path:
     return out
 
 
-def _check_out_dir(out: Path) -> None:
-    if (out / RESULTS_FILE).exists():
-        raise UsageError(f"{out} already holds a {RESULTS_FILE}; choose another --out (results are never overwritten)")
+#: The metric of a ``meta.failed`` entry for a failure while comparing the metrics of a task.
+PAIRED_COMPARISONS = "(paired comparisons)"
+
+
+def _check_run_options(config: RunConfig) -> None:
+    """The options :func:`run` checks itself: seed, ``resume``/``overwrite`` (which need ``out``)."""
+    for name in ("resume", "overwrite"):
+        if not isinstance(getattr(config, name), bool):
+            raise UsageError(f"{name} must be true or false, got {getattr(config, name)!r}")
+    if config.resume and config.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: continue the run in --out, or replace it")
+    for name, purpose in (("resume", "continue"), ("overwrite", "replace")):
+        if getattr(config, name) and not config.out:
+            raise UsageError(f"--{name} needs --out: the run directory to {purpose}")
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+
+
+def _make_out_dir(out: Path | None) -> Path:
+    """Create the run directory: ``out`` (and its parents; it may exist already), or with ``out`` None a new
+    :func:`default_out_dir`, claimed by creating it (two runs started in the same second get two)."""
+    while True:
+        target = out if out is not None else default_out_dir()
+        try:
+            target.mkdir(parents=True, exist_ok=out is not None)
+        except FileExistsError:
+            if out is None:
+                continue  # another run took this name since default_out_dir() looked
+            raise UsageError(f"--out {out} exists and is not a directory") from None
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot create the run directory ({exc.strerror or exc})") from exc
+        return target
+
+
+def _previous_run(out: Path, config: RunConfig, settings: dict[str, Any]) -> RunResults | None:
+    """What the results already in ``out`` mean for this run; reads, never writes.
+
+    None when there are none, or with ``overwrite`` (they are removed once the run holds the directory).
+    With ``resume``: the previous results, when the settings that decide records match
+    (:func:`percepbench.rundir.settings_differences`; else a :class:`UsageError` naming each key). Without
+    either flag, a :class:`UsageError`: results are replaced only on request.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if not (out / RESULTS_FILE).exists() or config.overwrite:
+        return None
+    if not config.resume:
+        raise UsageError(f"{out} already holds a {RESULTS_FILE}: continue that run with --resume, replace its "
+                         "results with --overwrite, or choose another --out")
+    try:
+        previous = load_results(out)
+    except DataError as exc:
+        raise DataError(f"{exc}; --resume cannot continue it (--overwrite replaces it)") from exc
+    meta = previous.meta
+    recorded = {**meta["config"], "metrics": list(meta["metrics"]), "tasks": list(meta["tasks"]),
+                "seed": meta["seed"], "precision": meta["precision"]}
+    differences = settings_differences(recorded, settings)
+    if differences:
+        raise UsageError(f"--resume: the run in {out} was made with other settings: {'; '.join(differences)}. "
+                         "Resume with the settings it was made with, or use --overwrite or another --out")
+    return previous
+
+
+def _finished_pairs(previous: RunResults | None
+                    ) -> dict[tuple[str, str], tuple[list[dict[str, Any]], pd.DataFrame, ProtocolEntry]]:
+    """The (task, metric) pairs a previous run finished: a protocol entry, records and samples, each kept as
+    the previous run wrote it. A pair that lacks any of the three is not finished (it runs again)."""
+    if previous is None or previous.samples is None:
+        return {}
+    records, samples = previous.records, previous.samples
+    out = {}
+    for entry in previous.meta["protocol"]:
+        task, metric = entry["task"], entry["metric"]
+        recs = records[(records["task"] == task) & (records["metric"] == metric)]
+        rows = samples[(samples["task"] == task) & (samples["metric"] == metric)]
+        if len(recs) and len(rows):
+            out[(task, metric)] = (recs.to_dict("records"), rows.reset_index(drop=True), entry)
+    return out
+
+
+def _prepare_task(tspec: TaskSpec, task: Task, config: RunConfig) -> None:
+    """``task.prepare`` (reads or builds its items). A ``ValueError`` or ``TypeError`` becomes a
+    :class:`UsageError` and an ``OSError`` a :class:`DataError`, each naming the task; percepbench's own
+    errors (:class:`DataError`, :class:`UsageError`, weights errors) pass as they are."""
+    try:
+        task.prepare(data_root=config.data_root, num_workers=config.num_workers, progress=config.progress,
+                     seed=config.seed)
+    except PercepbenchError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"task {tspec.name!r}: cannot prepare its items: {exc}") from exc
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise DataError(f"task {tspec.name!r}: {where}cannot read its data ({exc.strerror or exc})") from exc
 
 
 def _args_for(registry, spec_name: str, args: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -132,7 +275,7 @@ def build_metric(spec: MetricSpec, config: RunConfig, device: torch.device) -> D
     return metric.to(device)
 
 
-def build_task(spec: TaskSpec, config: RunConfig) -> Any:
+def build_task(spec: TaskSpec, config: RunConfig) -> Task:
     args = _args_for(TASKS, spec.name, config.task_args)
     try:
         return spec.create(**args)
@@ -140,11 +283,9 @@ def build_task(spec: TaskSpec, config: RunConfig) -> Any:
         raise UsageError(f"task {spec.name!r}: bad --task-args {args}: {exc}") from exc
 
 
-def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], config: RunConfig
+def compare_metrics(task_name: str, task: Task, samples: list[pd.DataFrame], config: RunConfig
                     ) -> list[dict[str, Any]]:
     """Paired comparison of every two metrics scored on ``task`` (``task.compare``), per subset and pooled."""
-    from percepbench.tasks.base import ALL_SUBSET
-
     frames = {f["metric"].iloc[0]: f.reset_index(drop=True) for f in samples
               if len(f) and f["task"].iloc[0] == task_name}
     names = list(frames)
@@ -155,7 +296,7 @@ def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], conf
             subsets = list(pd.unique(fa["subset"]))
             groups = [(s, (fa["subset"] == s).to_numpy()) for s in subsets]
             if len(subsets) > 1:
-                groups.append((ALL_SUBSET, np.ones(len(fa), dtype=bool)))
+                groups.append((ALL, np.ones(len(fa), dtype=bool)))
             for subset, mask in groups:
                 r = task.compare(fa[mask], fb[mask], n_boot=config.n_boot, seed=config.seed)
                 out.append({"task": task_name, "subset": str(subset), "measure": task.measure,
@@ -164,19 +305,68 @@ def compare_metrics(task_name: str, task: Any, samples: list[pd.DataFrame], conf
 
 
 def weight_hashes(spec: MetricSpec) -> list[dict[str, Any]]:
-    """Each weight file of a metric with the sha256 it was verified against (known or recorded)."""
+    """Each weight file of a metric with the sha256 it is verified against: the known one, else the one
+    recorded at download (None when neither exists). Files shipped in an installed package (LPIPS heads,
+    DISTS alpha/beta) are listed too, with their path inside the package ("" when it is not installed)
+    and ``url`` the package's page."""
     from percepbench.download import recorded_sha256
+    from percepbench.errors import WeightsError
     from percepbench.weights import weight_path
 
     out = []
     for w in spec.weights:
-        path = weight_path(w)
+        try:
+            path = weight_path(w)
+        except WeightsError:  # shipped in a package that is not installed: the metric cannot run
+            out.append({"filename": w.filename, "path": "", "url": w.url, "sha256": w.sha256})
+            continue
         out.append({"filename": w.filename, "path": str(path), "url": w.url,
                     "sha256": w.sha256 or (recorded_sha256(path) if path.is_file() else None)})
     return out
 
 
-def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig,
+class NonFiniteDistances(ValueError):
+    """Some distances of a (task, metric) pair are NaN or infinite: the pair is failed, never scored."""
+
+
+#: How many item ids a :class:`NonFiniteDistances` message names before "... (N in all)".
+SHOWN_ITEMS = 5
+
+
+def check_finite_distances(columns: dict[str, np.ndarray], items: pd.DataFrame, *, metric: str, precision: str,
+                           computed_in: str) -> None:
+    """Raise :class:`NonFiniteDistances` when a distance column holds NaN or an infinity.
+
+    The message names the metric, how many items are affected per column, the first :data:`SHOWN_ITEMS`
+    item ids (``items["item"]``, row-aligned with the columns) and the likely cause: the autocast precision
+    when the metric computed in ``bf16``/``fp16`` (``computed_in``), else the input images or the metric.
+    """
+    bad = np.zeros(len(items), dtype=bool)
+    counts = []
+    for col, values in columns.items():
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        nan, inf = int(np.isnan(v).sum()), int(np.isinf(v).sum())
+        if nan or inf:
+            counts.append(f"{col}: " + ", ".join(f"{k} {word}" for k, word in ((nan, "NaN"), (inf, "infinite")) if k))
+            bad |= ~np.isfinite(v)
+    if not bad.any():
+        return
+    ids = [str(i) for i in items["item"].to_numpy()[bad]]
+    shown = ", ".join(ids[:SHOWN_ITEMS]) + (f", ... ({len(ids)} in all)" if len(ids) > SHOWN_ITEMS else "")
+    if computed_in != "fp32":
+        cause = (f"the metric computed under --precision {computed_in} (torch.autocast), where its arithmetic "
+                 f"can overflow or lose the precision it needs: rerun it with --precision fp32, or list only "
+                 "the precisions it supports in its spec (MetricSpec.precisions) so that it computes in fp32")
+    else:
+        asked = "" if precision == "fp32" else f" (the run asked for {precision}, which its spec does not list)"
+        cause = (f"the metric computed in precision fp32{asked}, so the cause is in the input images (for "
+                 "example flat or constant images where it divides by zero) or in the metric itself")
+    raise NonFiniteDistances(
+        f"{metric}: {bad.sum()} of {bad.size} items have a non-finite distance ({'; '.join(counts)}): items "
+        f"{shown}; not scored (a NaN or infinite distance has no order). Likely cause: {cause}")
+
+
+def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig,
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
     dataset = task.dataset(task.inputs_for(spec.inputs))
@@ -192,19 +382,19 @@ def compute_distances(metric: DistanceMetric, task: Any, spec: MetricSpec, confi
     return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}
 
 
-def _embedding_path_usable(metric: DistanceMetric, task: Any, spec: MetricSpec) -> bool:
+def _embedding_path_usable(metric: DistanceMetric, task: Task, spec: MetricSpec) -> bool:
     return bool(getattr(metric, "embeds", False)) and spec.inputs.size is not None and task.image_paths() is not None
 
 
 def compute_distances_from_embeddings(
-    metric: DistanceMetric, task: Any, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
+    metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
     *, file_hashes: dict[str, str],
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], EmbeddingStats]:
     """Per-item distance columns for an embedding metric on a file-based task.
 
     Each unique image file is embedded once (NIGHTS references, BAPPS patches shared across comparisons);
-    with the on-disk cache on, images already embedded under the same metric fingerprint are read from it
-    and new embeddings are added to it. ``file_hashes`` (path -> sha256) is shared across the metrics of a
+    with the on-disk cache on, images already embedded under the same metric fingerprint (which includes the
+    precision the metric computes in) are read from it and new finite embeddings are added to it. ``file_hashes`` (path -> sha256) is shared across the metrics of a
     task so each file is hashed once per run. Returns the columns and counts for the protocol.
     """
     from percepbench.embed_cache import EmbeddingCache, default_root, hash_files, metric_fingerprint
@@ -214,7 +404,7 @@ def compute_distances_from_embeddings(
     index = {p: i for i, p in enumerate(unique)}
     slot_of = {slot: k for k, slot in enumerate(task.slots)}
     embeddings: list[np.ndarray | None] = [None] * len(unique)
-    stats: dict[str, Any] = {"unique_images": len(unique), "image_references": sum(len(r) for r in per_item),
+    stats: EmbeddingStats = {"unique_images": len(unique), "image_references": sum(len(r) for r in per_item),
                              "from_cache": 0, "embedded": 0, "cache": None}
     cache = None
     if config.embed_cache is not False:
@@ -228,7 +418,7 @@ def compute_distances_from_embeddings(
         memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
         if memo is None:
             memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args),
-                                      precision=config.precision)
+                                      precision=metric.computes_in(config.precision))
             metric._percepbench_fingerprint = memo
         fingerprint, description = memo
         root = Path(config.embed_cache) if config.embed_cache else default_root()
@@ -250,7 +440,7 @@ def compute_distances_from_embeddings(
                 for row in emb:
                     i = missing[pos]
                     embeddings[i] = row
-                    if cache is not None:
+                    if cache is not None and np.isfinite(row).all():  # a NaN embedding is never cached
                         cache.put(file_hashes[unique[i]], row)
                     pos += 1
         stats["embedded"] = len(missing)
@@ -273,8 +463,21 @@ def compute_distances_from_embeddings(
     return columns, stats
 
 
-def run(config: RunConfig) -> RunResults:
-    """Run every selected metric on every selected task and write the results directory."""
+def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None) -> RunResults:
+    """Run every selected metric on every selected task and write the results directory.
+
+    First everything that can fail before a metric runs is checked, and nothing is written when it fails:
+    the options and names, the device and precision, what ``out`` already holds (:func:`_previous_run`), and
+    every task is built and prepared (its data read) and every metric built. Then the run directory is
+    created and locked for the life of the run (:func:`percepbench.rundir.lock_run_dir`: a second run into
+    it fails at once; an existing directory is locked before the tasks are prepared). With ``overwrite``
+    the previous results are removed (:func:`percepbench.rundir.remove_run_files`); with ``resume`` the
+    (task, metric) pairs the previous run finished are kept as written, the others run, and the results are
+    those of an uninterrupted run. An exception that ends the run once the directory exists is recorded in
+    ``meta.failed`` (its task and metric, or :data:`PAIRED_COMPARISONS` as the metric) before it propagates.
+    ``finish``, when given, is called with the finished results while the directory is still locked (the
+    command line builds the report there); what it raises propagates and is not recorded in the results.
+    """
     task_specs: list[TaskSpec] = TASKS.select(config.tasks)
     metric_specs = select_metrics(config)
     if not metric_specs:
@@ -286,40 +489,97 @@ def run(config: RunConfig) -> RunResults:
     device = resolve_device(config.device)
     precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
     config = dataclasses.replace(config, num_workers=resolve_num_workers(config.num_workers, device))
-    out = Path(config.out) if config.out else default_out_dir()
-    _check_out_dir(out)
-    torch.manual_seed(config.seed)
-    # build everything before any long work, so bad options fail fast (exit 2) and nothing is written
-    tasks = [(tspec, build_task(tspec, config)) for tspec in task_specs]
-    metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
+    _check_run_options(config)
+    settings = {"metrics": [s.name for s in metric_specs], "tasks": [s.name for s in task_specs],
+                "metric_args": config.metric_args, "task_args": config.task_args, "seed": config.seed,
+                "precision": config.precision, "n_boot": config.n_boot}
+    requested = Path(config.out) if config.out else None
+    with contextlib.ExitStack() as stack:
+        locked = requested is not None and requested.is_dir()
+        if locked:  # a run going on there fails this one now, not after its data is read
+            stack.enter_context(lock_run_dir(requested))
+        previous = _previous_run(requested, config, settings) if requested is not None else None
+        torch.manual_seed(config.seed)
+        # build and prepare everything before any long work, so bad options and bad data fail fast (exit 2)
+        # and nothing is written
+        tasks = [(tspec, build_task(tspec, config)) for tspec in task_specs]
+        for tspec, task in tasks:
+            _prepare_task(tspec, task, config)
+        metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
+        out = _make_out_dir(requested)
+        if not locked:
+            stack.enter_context(lock_run_dir(out))
+            if requested is not None:  # another run may have written there while this one prepared
+                previous = _previous_run(out, config, settings)
+        if config.overwrite:
+            remove_run_files(out)
 
-    meta: dict[str, Any] = {
-        "percepbench_version": percepbench.__version__,
-        "git_sha": git_sha(),
-        "torch_version": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "precision": config.precision,
-        "seed": config.seed,
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "finished": None,
-        "config": config.to_dict() | {"out": str(out)},
-        "metrics": {s.name: s.to_dict() for s in metric_specs},
-        "weights": {s.name: weight_hashes(s) for s in metric_specs if s.weights},
-        "tasks": {s.name: s.to_dict() for s in task_specs},
-        "task_protocols": {},
-        "protocol": [],
-        "failed": [],
-    }
-    results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
+        meta: RunMeta = {
+            **environment(device),
+            "started": (previous.meta["started"] if previous is not None and previous.meta["started"] else
+                        _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")),
+            "finished": None,
+            "precision": config.precision,
+            "seed": config.seed,
+            "config": config.to_dict() | {"out": str(out)},
+            "metrics": {s.name: s.to_dict() for s in metric_specs},
+            "tasks": {s.name: s.to_dict() for s in task_specs},
+            "weights": {s.name: weight_hashes(s) for s in metric_specs if s.weights},
+            "task_protocols": {tspec.name: task.protocol() for tspec, task in tasks},
+            "protocol": [],
+            "failed": [],
+        }
+        results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
+        position: dict[str, str | None] = {"task": None, "metric": None}
+        try:
+            _score(config, device, tasks, metric_specs, metrics, results, _finished_pairs(previous), position)
+        except Exception as exc:
+            if position["task"] is not None:
+                failure: Failure = {"task": position["task"], "metric": position["metric"] or PAIRED_COMPARISONS,
+                                    "kind": "data" if isinstance(exc, DataError) else "failure",
+                                    "error": f"{type(exc).__name__}: {exc}"}
+                meta["failed"].append(failure)
+                with contextlib.suppress(Exception):  # the results as of the last finished pair, and why it ended
+                    write_results(out, results)
+            raise
+        if finish is not None:
+            finish(results)
+        return results
+
+
+def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, Task]],
+           metric_specs: list[MetricSpec], metrics: dict[str, DistanceMetric], results: RunResults,
+           finished: dict[tuple[str, str], tuple[list[dict[str, Any]], pd.DataFrame, ProtocolEntry]],
+           position: dict[str, str | None]) -> RunResults:
+    """The scoring loop of :func:`run`, in its locked run directory ``results.path``.
+
+    ``finished`` holds the pairs a resumed run keeps (:func:`_finished_pairs`): they are in the results
+    from the first write, and every write puts records, samples and protocol entries in the order of an
+    uninterrupted run (tasks, then metrics, as selected). ``position`` is set to the (task, metric) at work.
+    """
+    out = results.path
+    meta = results.meta
+    pairs = [(tspec.name, mspec.name) for tspec, _ in tasks for mspec in metric_specs]
+    order = {pair: i for i, pair in enumerate(pairs)}
     records: list[dict[str, Any]] = []
     samples: list[pd.DataFrame] = []
+    for kept_records, kept_samples, kept_entry in finished.values():
+        records.extend(kept_records)
+        samples.append(kept_samples)
+        meta["protocol"].append(kept_entry)
 
     comparisons: list[dict[str, Any]] = []
 
+    def in_run_order() -> None:
+        def rank(task: Any, metric: Any) -> int:
+            return order.get((task, metric), len(order))
+
+        records.sort(key=lambda r: rank(r["task"], r["metric"]))
+        samples.sort(key=lambda f: rank(f["task"].iloc[0], f["metric"].iloc[0]) if len(f) else len(order))
+        meta["protocol"].sort(key=lambda p: rank(p["task"], p["metric"]))
+
     def flush(complete: bool = False) -> None:
+        in_run_order()
         results.records = records_frame(records)
         results.comparisons = pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS)
         results.samples = pd.concat(samples, ignore_index=True) if samples else None
@@ -328,12 +588,12 @@ def run(config: RunConfig) -> RunResults:
 
     flush()
     for tspec, task in tasks:
-        task.prepare(data_root=config.data_root, num_workers=config.num_workers, progress=config.progress,
-                     seed=config.seed)
-        meta["task_protocols"][tspec.name] = task.protocol()
         items = task.items.reset_index(drop=True)
         file_hashes: dict[str, str] = {}
         for mspec in metric_specs:
+            position.update(task=tspec.name, metric=mspec.name)
+            if (tspec.name, mspec.name) in finished:  # resumed: kept as the previous run wrote it
+                continue
             t0 = time.perf_counter()
             embedding_stats = None
             try:
@@ -344,10 +604,13 @@ def run(config: RunConfig) -> RunResults:
                         metric, task, mspec, config, device, desc, file_hashes=file_hashes)
                 else:
                     dists = compute_distances(metric, task, mspec, config, device, desc)
+                check_finite_distances(dists, items, metric=mspec.name, precision=config.precision,
+                                       computed_in=metric.computes_in(config.precision))
             except Exception as exc:  # one broken metric must not lose the others' results
-                meta["failed"].append({"task": tspec.name, "metric": mspec.name,
-                                       "kind": "data" if isinstance(exc, DataError) else "failure",
-                                       "error": f"{type(exc).__name__}: {exc}"})
+                failure: Failure = {"task": tspec.name, "metric": mspec.name,
+                                    "kind": "data" if isinstance(exc, DataError) else "failure",
+                                    "error": f"{type(exc).__name__}: {exc}"}
+                meta["failed"].append(failure)
                 log.warning("%s on %s failed: %s: %s", mspec.name, tspec.name, type(exc).__name__, exc)
                 if os.environ.get("PERCEPBENCH_DEBUG"):
                     traceback.print_exc()
@@ -363,17 +626,21 @@ def run(config: RunConfig) -> RunResults:
             for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot):
                 records.append({"task": tspec.name, "metric": mspec.name, **rec})
             loaded = task.inputs_for(mspec.inputs)
-            meta["protocol"].append({
+            entry: ProtocolEntry = {
                 "task": tspec.name, "metric": mspec.name,
                 "inputs": loaded.to_dict(),
                 "resize": ("native size" if loaded.size is None else
                            f"{loaded.size}x{loaded.size} {loaded.interpolation}")
                           + (" (the task's official protocol)" if loaded != mspec.inputs else ""),
                 "scales_used": getattr(metric, "last_scales", None),
+                "precision": metric.computes_in(config.precision),
                 "embedding": embedding_stats,
                 "seconds": round(time.perf_counter() - t0, 3),
-            })
+            }
+            meta["protocol"].append(entry)
             flush()
+        position["metric"] = None
+        in_run_order()
         comparisons.extend(compare_metrics(tspec.name, task, samples, config))
         flush()
     meta["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -9,6 +9,24 @@ import numpy as np
 DEFAULT_BOOTSTRAP = 1000
 
 
+def require_finite_distances(what: str, **columns: np.ndarray) -> None:
+    """``ValueError`` naming ``what``, the column and the first item (index) when a distance is NaN or
+    infinite: such a distance has no order, and scoring it would turn a failure into a number (a NaN
+    compares false both ways, so ``score_2afc`` would call it a tie).
+
+    >>> require_finite_distances("2AFC", d0=np.array([0.1, np.nan]))
+    Traceback (most recent call last):
+    ...
+    ValueError: 2AFC distances must be finite numbers: d0 is non-finite (NaN or infinite) at item 1 (1 item in all); a non-finite distance is never scored
+    """
+    for name, values in columns.items():
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64).reshape(-1)))
+        if bad.size:
+            raise ValueError(f"{what} distances must be finite numbers: {name} is non-finite (NaN or infinite) at "
+                             f"item {bad[0]} ({bad.size} item{'s' if bad.size > 1 else ''} in all); a non-finite "
+                             "distance is never scored")
+
+
 def bootstrap_ci(
     values: np.ndarray,
     *,
@@ -158,7 +176,10 @@ def paired_statistic_comparison(
 def jnd_average_precision(distances: np.ndarray, same: np.ndarray) -> float:
     """VOC-style AP of "same" ranked by ascending distance, soft labels, tied distances as one threshold.
 
-    Returns a fraction in [0, 1]; NaN when no rater ever answered "same" (recall is undefined).
+    Returns a fraction in [0, 1]; NaN when no rater ever answered "same" (recall is undefined); a NaN or
+    infinite distance is a ``ValueError`` (:func:`require_finite_distances`). NaN is
+    meant for bootstrap resamples (:func:`bootstrap_statistic_ci` drops them); the JND tasks refuse a set
+    or subset without such a pair before scoring (:func:`percepbench.tasks.jnd.require_same_pairs`).
 
     >>> jnd_average_precision(np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 1.0]))  # 1 * 1/2 + 2/3 * 1/2
     0.8333333333333333
@@ -169,8 +190,7 @@ def jnd_average_precision(distances: np.ndarray, same: np.ndarray) -> float:
     s = np.asarray(same, dtype=np.float64).reshape(-1)
     if d.shape != s.shape:
         raise ValueError(f"distances and labels must have the same length, got {d.size} and {s.size}")
-    if np.any(np.isnan(d)):
-        raise ValueError("JND distances contain NaN")
+    require_finite_distances("JND", d=d)
     if np.any((s < 0) | (s > 1)) or np.any(np.isnan(s)):
         raise ValueError("JND labels (fraction answering 'same') must lie in [0, 1]")
     total = s.sum()

@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from percepbench.reports import figures as F
-from percepbench.results import RunResults, load_results
+from percepbench.results import ALL, RunResults, load_results
+from percepbench.results_schema import RunMeta, read_meta
 
 REPORT_DIR = "report"
 HTML_FILE = "report.html"
@@ -59,7 +60,7 @@ class ReportContent:
 
     run_dir: Path | None
     complete: bool
-    meta: dict[str, Any]
+    meta: RunMeta
     tasks: list[str]
     headline: dict[str, list[Table]]  # task -> its headline tables
     n_subsets: dict[str, int]
@@ -85,36 +86,12 @@ def _value_fmt(measure: str) -> str:
     return ".1f" if F.is_percent(measure) else ".3g"
 
 
-def headline_tables(task: str, records: pd.DataFrame, kind: str | None) -> list[Table]:
-    """The task's summary tables: pooled value, CI, n and per-subset values per metric, best first
-    (retrieval: one column per measure; attributes: sensitivity per attribute)."""
+def headline_tables(task: str, records: pd.DataFrame) -> list[Table]:
+    """The task's summary tables, one per measure: pooled value, CI, n and per-subset values per metric,
+    best first."""
     df = records[records["task"] == task]
     if df.empty:
         return []
-    if kind == "retrieval":
-        rdf = F.retrieval_frame(records, task)
-        if not rdf.empty:
-            pooled = F._pooled_subset(rdf["subset"]) or F._pooled_first(rdf["subset"])[0]
-            sub = rdf[rdf["subset"] == pooled]
-            order = {"recall": 0, "precision": 1, "map": 2}
-            measures = (sub.assign(_o=sub["family"].map(order)).sort_values(["_o", "k"])["measure"]
-                        .unique().tolist())
-            wide = sub.pivot_table(index="metric", columns="measure", values="value", aggfunc="first")
-            wide = wide.reindex(columns=measures).sort_values(measures[0], ascending=False)
-            n = sub.groupby("metric")["n"].max()
-            rows = [[m, *[_num(v) for v in wide.loc[m]], int(n.get(m, 0))] for m in wide.index]
-            return [Table(f"head-{F.slug(task)}", f"{task} — retrieval, subset {pooled} (%)",
-                          ["metric", *measures, "n"], rows)]
-    if kind == "attributes":
-        sens = df[df["measure"] == "sensitivity"]
-        if not sens.empty:
-            wide = sens.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
-            wide = wide.reindex(columns=F._pooled_first(wide.columns))
-            wide = wide.loc[wide.mean(axis=1).sort_values(ascending=False).index]
-            rows = [[m, *[_num(v) for v in wide.loc[m]]] for m in wide.index]
-            return [Table(f"head-{F.slug(task)}", f"{task} — sensitivity per attribute",
-                          ["metric", *wide.columns], rows, fmt=".3g")]
-        df = df[df["measure"] != "normalized_distance"]
     tables = []
     measures = list(dict.fromkeys(df["measure"].astype(str)))
     for measure in measures:
@@ -137,24 +114,20 @@ def headline_tables(task: str, records: pd.DataFrame, kind: str | None) -> list[
     return tables
 
 
-def _failures(meta: Mapping[str, Any]) -> Table:
-    rows = [[str(f.get("task", "")), str(f.get("metric", "")), str(f.get("kind", "failure")),
-             str(f.get("error", ""))] for f in meta.get("failed") or []]
-    rows += [[str(s.get("task", "")), str(s.get("metric", "")), "skipped", str(s.get("reason", ""))]
-             for s in meta.get("skipped") or []]
+def _failures(meta: RunMeta) -> Table:
+    rows = [[f["task"], f["metric"], f["kind"], f["error"]] for f in meta["failed"]]
     return Table("failures-table", "Failures", ["task", "metric", "kind", "error"], rows)
 
 
-def _protocol(meta: Mapping[str, Any]) -> Table:
+def _protocol(meta: RunMeta) -> Table:
     rows = []
-    for p in meta.get("protocol") or []:
-        inputs = p.get("inputs") or {}
+    for p in meta["protocol"]:
+        inputs = p["inputs"]
         vr = inputs.get("value_range")
-        rows.append([str(p.get("task", "")), str(p.get("metric", "")), str(p.get("resize", "")),
+        rows.append([p["task"], p["metric"], p["resize"],
                      f"[{vr[0]:g}, {vr[1]:g}]" if isinstance(vr, list | tuple) and len(vr) == 2 else str(vr or ""),
                      str(inputs.get("grayscale", "")),
-                     "" if p.get("scales_used") is None else json.dumps(p.get("scales_used")),
-                     _num(p.get("seconds"))])
+                     "" if p["scales_used"] is None else json.dumps(p["scales_used"]), _num(p["seconds"])])
     return Table("protocol-table", "Protocol per task and metric",
                  ["task", "metric", "resize", "value range", "grayscale", "scales used", "seconds"], rows,
                  fmt=".2f")
@@ -184,43 +157,45 @@ def _records(records: pd.DataFrame) -> Table:
                  rows, fmt=".4g")
 
 
-def _run_info(results: RunResults) -> list[tuple[str, str]]:
-    m = results.meta
-    device = str(m.get("device", ""))
-    if m.get("device_name"):
-        device += f" ({m['device_name']})"
+def _run_info(meta: RunMeta, results: RunResults) -> list[tuple[str, str]]:
+    device = str(meta["device"] or "")
+    if meta["device_name"]:
+        device += f" ({meta['device_name']})"
 
     def s(v: Any) -> str:
         return "—" if v is None or v == "" else str(v)
 
     return [
-        ("percepbench", s(m.get("percepbench_version"))),
-        ("git sha", s(m.get("git_sha"))),
+        ("percepbench", s(meta["percepbench_version"])),
+        ("git sha", s(meta["git_sha"])),
         ("device", s(device)),
-        ("precision", s(m.get("precision") or "fp32")),
-        ("torch", s(m.get("torch_version"))),
-        ("python", s(m.get("python"))),
-        ("platform", s(m.get("platform"))),
-        ("started", s(m.get("started"))),
-        ("finished", s(m.get("finished"))),
+        ("cpu", s(meta["cpu_model"])),
+        ("precision", s(meta["precision"])),
+        ("torch", s(meta["torch_version"])),
+        ("python", s(meta["python"])),
+        ("platform", s(meta["platform"])),
+        ("started", s(meta["started"])),
+        ("finished", s(meta["finished"])),
         ("complete", "yes" if results.complete else "no (interrupted or still running)"),
-        ("seed", s(m.get("seed"))),
+        ("seed", s(meta["seed"])),
         ("results", s(results.path)),
     ]
 
 
 def collect(results: RunResults) -> ReportContent:
-    """Tables, metadata and notes of a run (no figures; :func:`build_report` adds them)."""
-    meta = dict(results.meta or {})
+    """Tables, metadata and notes of a run (no figures; :func:`build_report` adds them).
+
+    ``results.meta`` goes through :func:`~percepbench.results_schema.read_meta` (a no-op on a loaded run),
+    so a run built in memory with only some meta keys is reported too.
+    """
+    meta = read_meta(results.meta, str(results.path or "<run in memory>"))
     records = results.records
     tasks = F.run_tasks(meta, records)
     headline, n_subsets, pooled_by_task = {}, {}, {}
     for task in tasks:
-        kind = F.task_kind(task, meta, None if results.samples is None else
-                           results.samples[results.samples["task"] == task])
-        headline[task] = headline_tables(task, records, kind)
+        headline[task] = headline_tables(task, records)
         subsets = records.loc[records["task"] == task, "subset"].astype(str)
-        n_subsets[task] = len(set(subsets) - {F.ALL_SUBSET})
+        n_subsets[task] = len(set(subsets) - {ALL})
         pooled = F._pooled_subset(subsets)
         if pooled is not None:
             pooled_by_task[task] = pooled
@@ -234,9 +209,9 @@ def collect(results: RunResults) -> ReportContent:
     return ReportContent(
         run_dir=results.path, complete=results.complete, meta=meta, tasks=tasks, headline=headline,
         n_subsets=n_subsets, failures=_failures(meta), protocol=_protocol(meta),
-        task_protocols=dict(meta.get("task_protocols") or {}),
+        task_protocols=dict(meta["task_protocols"]),
         comparisons=_comparisons(results.comparisons, pooled_by_task), records=_records(records),
-        run_info=_run_info(results), notes=notes, has_samples=results.samples is not None,
+        run_info=_run_info(meta, results), notes=notes, has_samples=results.samples is not None,
     )
 
 

@@ -6,25 +6,31 @@ Rows are aligned by ``(task, subset, metric, measure)``. For each aligned row th
 and new values, ``delta = new - baseline`` (points), a 95% CI of ``delta`` and a two-sided p-value:
 
 - ``method="paired"``: both runs carry per-item samples for the ``(task, metric)``, the subset holds the same
-  item ids in both, the items' label columns agree and the samples reproduce the records. The per-item
+  item ids in both, the items' label columns agree, the samples' scores (JND: distances) are finite and
+  they reproduce the records. The per-item
   score differences ``new - baseline`` (x100) go through :func:`percepbench.stats.paired_comparison`
   (paired bootstrap CI, sign-flip permutation p-value).
 - ``method="records"`` otherwise (``"records (<why>)"`` when samples exist but cannot be paired): a
   normal approximation from the records' CIs, ``se_i = (ci_high - ci_low) / (2 * 1.96)``,
-  ``se = sqrt(se_b**2 + se_n**2)``, ``z = delta / se``; a record without a CI gives ``p = NaN`` and the
-  row is never flagged (the reason says so).
+  ``se = sqrt(se_b**2 + se_n**2)``, ``z = delta / se``; a record without a CI gives ``p = NaN``: the
+  significance of the row cannot be judged.
 
-Statuses:
+Statuses (the gate fails safe: a drop it cannot judge and a value that is not a number both fail it):
 
 - ``regression``: ``delta < -max_drop`` and ``p < alpha`` (fails the gate);
+- ``unjudged``: ``delta < -max_drop`` and ``p`` is NaN (no CI in a record and no paired samples), so the
+  drop cannot be shown to be noise (fails the gate);
+- ``invalid``: the baseline or the new value is NaN or infinite, for a row in both runs or only in the new
+  run (fails the gate);
 - ``improvement``: ``delta > +max_drop`` and ``p < alpha``;
-- ``ok``: anything else, with the reason ``within tolerance``, ``not significant`` or
-  ``significance unknown``;
-- ``missing``: the row is only in the baseline (fails the gate; ``info`` with ``allow_missing=True``);
-- ``new``: the row is only in the new run (informational);
-- ``info``: the measure is in :data:`UNGATED_MEASURES` (its better direction is unknown or lower is
-  better), so the row is shown but never gated. Every other measure is "higher is better" (accuracies,
-  ``jnd_map``, ``recall@k``, ...).
+- ``ok``: anything else, with the reason ``within tolerance``, ``not significant`` or, for a gain beyond
+  tolerance whose significance cannot be judged, ``gain of ... whose significance cannot be judged``;
+- ``missing``: the row is only in the baseline (fails the gate);
+- ``info``: the row is only in the baseline and ``allow_missing=True`` (shown, never gated);
+- ``new``: the row is only in the new run (informational).
+
+Every measure a task produces today is "higher is better" (``2afc_accuracy``, ``odd_one_out_accuracy``,
+``jnd_map``, all in points), which is what the statuses assume.
 
 Two runs are **incomparable** (:class:`~percepbench.errors.DataError`, exit 2) when a file is missing,
 unreadable or of another schema/version; when one run holds the same ``(task, subset, metric, measure)``
@@ -39,6 +45,12 @@ data path that moved between machines (rows still pair when the item ids and lab
 compared only when both runs record them. A different device, precision, torch or percepbench version is never
 incompatible (comparing those is what the gate is for); it is shown in the report header.
 
+The outputs (``--junit``, ``--markdown``) never overwrite a file of either input run: a path inside an
+input run's directory (symbolic links resolved) is refused (:class:`~percepbench.errors.UsageError`, exit 2,
+before anything is written) when it is the directory itself, ``results.json``, ``samples.parquet`` or under
+``report/``, or when it exists and is not a file ``compare`` wrote (its first line is ``compare``'s own);
+a new file there, such as ``runs/ci/compare.xml`` in the CI recipe, is allowed and a rerun may overwrite it.
+
 Each row is tested on its own at ``alpha`` (no multiple-comparison correction): the ``max_drop`` tolerance
 is what keeps many rows from producing chance failures, so keep it above the noise of one item flip.
 """
@@ -49,7 +61,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,7 +71,8 @@ import numpy as np
 import pandas as pd
 
 from percepbench.errors import DataError, PercepbenchError, UsageError
-from percepbench.results import RESULTS_FILE, RunResults, load_results
+from percepbench.fileio import atomic_write_text
+from percepbench.results import ALL, RESULTS_FILE, SAMPLE_KEY_COLUMNS, SAMPLES_FILE, RunResults, load_results
 from percepbench.stats import paired_ap_comparison, paired_comparison
 
 JND_MEASURE = "jnd_map"  # set-level AP: paired on the per-item distances, not on per-item scores
@@ -68,18 +80,20 @@ JND_MEASURE = "jnd_map"  # set-level AP: paired on the per-item distances, not o
 KEY = ["task", "subset", "metric", "measure"]
 ROW_COLUMNS = [*KEY, "baseline", "new", "delta", "ci_low", "ci_high", "p_value", "n", "method", "status",
                "reason"]
-ALL_SUBSET = "all"
 Z95 = 1.959963984540054
 
-#: Measures that are shown but never gated: their better direction is unknown, or lower is better.
-UNGATED_MEASURES = frozenset({"normalized_distance", "sensitivity"})
-
 #: Statuses that fail the gate (``exit_code == 1``).
-FAILING = ("regression", "missing")
+FAILING = ("regression", "unjudged", "invalid", "missing")
 #: Display order: what fails the gate first, then what moved, then the rest.
-STATUS_ORDER = {"regression": 0, "missing": 1, "improvement": 2, "new": 3, "info": 4, "ok": 5}
+STATUS_ORDER = {"regression": 0, "unjudged": 1, "invalid": 2, "missing": 3, "improvement": 4, "new": 5,
+                "info": 6, "ok": 7}
+#: The folder ``percepbench report`` writes inside a run (``percepbench.reports.build.REPORT_DIR``, which
+#: imports matplotlib: the name is repeated here so that compare stays light).
+RUN_REPORT_DIR = "report"
+#: First characters of the files compare writes (Markdown, JUnit XML): such a file may be overwritten.
+_OWN_HEADERS = ("## percepbench compare: ", '<?xml version="1.0" encoding="utf-8"?>\n<testsuites name="percepbench compare"')
 
-_SAMPLE_KEYS = {"task", "metric", "item", "subset", "score"}
+_SAMPLE_COLUMNS = {*SAMPLE_KEY_COLUMNS, "score"}
 _DISTANCE_COLUMN = re.compile(r"^d\d*$")  # d (JND), d0, d1 (2AFC), d12, d13, d23 (odd-one-out)
 
 
@@ -87,6 +101,7 @@ _DISTANCE_COLUMN = re.compile(r"^d\d*$")  # d (JND), d0, d1 (2AFC), d12, d13, d2
 class _Run:
     results: RunResults
     label: str  # the results file, for messages and the header
+    folder: Path | None = None  # the run directory (None for a run in memory)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -96,10 +111,54 @@ class _Run:
 def _open(run: str | os.PathLike | RunResults, which: str) -> _Run:
     if isinstance(run, RunResults):
         label = str(Path(run.path) / RESULTS_FILE) if run.path is not None else f"<{which} run in memory>"
-        return _Run(run, label)
+        return _Run(run, label, Path(run.path) if run.path is not None else None)
     p = Path(run)
     res = load_results(p)
-    return _Run(res, str(p / RESULTS_FILE if p.is_dir() else p))
+    return _Run(res, str(p / RESULTS_FILE if p.is_dir() else p), run_folder(p))
+
+
+def run_folder(run: str | os.PathLike) -> Path:
+    """The directory of a run given as its directory or as its ``results.json``."""
+    p = Path(run)
+    return p if p.is_dir() or p.suffix != ".json" else p.parent
+
+
+def _written_by_compare(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(max(len(h) for h in _OWN_HEADERS)).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(head.startswith(h) for h in _OWN_HEADERS)
+
+
+def check_outputs(runs: Iterable[str | os.PathLike], *, markdown: str | os.PathLike | None = None,
+                  junit: str | os.PathLike | None = None) -> None:
+    """Refuse output paths that would overwrite a file of an input run (rule in the module docstring).
+
+    ``runs`` are the input runs' directories (or ``results.json`` paths). Raises
+    :class:`~percepbench.errors.UsageError` naming the flag, the path and the run.
+    """
+    outputs = [(flag, Path(p)) for flag, p in (("--junit", junit), ("--markdown", markdown)) if p]
+    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+        raise UsageError(f"--junit and --markdown name the same file ({outputs[0][1]}); give each its own")
+    folders = [run_folder(r).resolve() for r in runs]
+    for flag, path in outputs:
+        target = path.resolve()
+        for folder in folders:
+            if target != folder and folder not in target.parents:
+                continue
+            parts = target.relative_to(folder).parts
+            if not parts:
+                what = "the directory of an input run"
+            elif parts[0] in (RESULTS_FILE, SAMPLES_FILE, RUN_REPORT_DIR):
+                what = f"the file {'/'.join(parts)} of the input run {folder}"
+            elif target.exists() and not _written_by_compare(target):
+                what = f"an existing file, not written by compare, in the input run {folder}"
+            else:
+                continue  # a new file, or compare's own output from an earlier call
+            raise UsageError(f"{flag} {path}: refusing to write {target}: it is {what}, and compare never "
+                             "overwrites its inputs; write the output elsewhere, or under a new name")
 
 
 @dataclass
@@ -114,6 +173,8 @@ class Comparison:
     max_drop: float = 1.0
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
+    #: the input runs' directories (runs in memory have none): outputs never overwrite their files
+    run_dirs: tuple[str, ...] = ()
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -122,12 +183,12 @@ class Comparison:
 
     @property
     def failures(self) -> pd.DataFrame:
-        """Rows that fail the gate: ``regression`` and ``missing``."""
+        """Rows that fail the gate: ``regression``, ``unjudged``, ``invalid`` and ``missing``."""
         return self.rows[self.rows["status"].isin(FAILING)]
 
     @property
     def exit_code(self) -> int:
-        """0 when nothing fails the gate, 1 on any regression or missing row."""
+        """0 when nothing fails the gate, 1 on any failing row (:data:`FAILING`)."""
         return 1 if len(self.failures) else 0
 
     @property
@@ -172,6 +233,7 @@ class Comparison:
             ("percepbench", get(b, "percepbench_version"), get(n, "percepbench_version")),
             ("git sha", get(b, "git_sha"), get(n, "git_sha")),
             ("device", device(b), device(n)),
+            ("cpu", get(b, "cpu_model"), get(n, "cpu_model")),
             ("precision", str(b.get("precision") or "fp32"), str(n.get("precision") or "fp32")),
             ("torch", get(b, "torch_version"), get(n, "torch_version")),
             ("finished", get(b, "finished"), get(n, "finished")),
@@ -218,8 +280,8 @@ class Comparison:
     def to_junit_xml(self) -> str:
         """JUnit XML: one ``<testsuite>`` per task, one ``<testcase>`` per row.
 
-        ``classname="<task>.<subset>"``, ``name="<metric> <measure>"``; ``regression`` and ``missing`` rows
-        carry a ``<failure>``, ``info`` and ``new`` rows a ``<skipped>``; every case has its numbers in
+        ``classname="<task>.<subset>"``, ``name="<metric> <measure>"``; failing rows (:data:`FAILING`)
+        carry a ``<failure>`` whose ``type`` is the status, ``info`` and ``new`` rows a ``<skipped>``; every case has its numbers in
         ``<system-out>``.
         """
         root = ET.Element("testsuites", name="percepbench compare")
@@ -371,7 +433,7 @@ def _check_tasks(b: pd.DataFrame, n: pd.DataFrame, base: _Run, new: _Run, notes:
 
 def _item_columns(samples: pd.DataFrame) -> list[str]:
     """Columns describing the item (labels, file names), not the metric: same value for every metric."""
-    cols = [c for c in samples.columns if c not in _SAMPLE_KEYS and not _DISTANCE_COLUMN.match(str(c))]
+    cols = [c for c in samples.columns if c not in _SAMPLE_COLUMNS and not _DISTANCE_COLUMN.match(str(c))]
     if samples["metric"].nunique() > 1 and cols:
         varying = samples.groupby("item", sort=False)[cols].nunique(dropna=False).max()
         cols = [c for c in cols if varying[c] <= 1]
@@ -384,7 +446,7 @@ class _Samples:
     def __init__(self, samples: pd.DataFrame | None):
         self.frames: dict[tuple[str, str], pd.DataFrame] = {}
         self.item_cols: dict[str, list[str]] = {}
-        if samples is None or samples.empty or not set(samples.columns) >= _SAMPLE_KEYS:
+        if samples is None or samples.empty or not set(samples.columns) >= _SAMPLE_COLUMNS:
             return
         s = samples.copy()
         for col in ("task", "metric", "item", "subset"):
@@ -398,7 +460,7 @@ class _Samples:
         f = self.frames.get((task, metric))
         if f is None:
             return None
-        if subset == ALL_SUBSET and not (f["subset"] == ALL_SUBSET).any():
+        if subset == ALL and not (f["subset"] == ALL).any():
             return f  # the pooled record covers every item of the task
         return f[f["subset"] == subset]
 
@@ -441,7 +503,11 @@ def _paired(sb: _Samples, sn: _Samples, task: str, subset: str, metric: str, del
     n_bad, which = _labels_differ(fb, fn, cols)
     if n_bad:
         return None, f"labels differ on {n_bad} of {len(fb)} items ({', '.join(which)})"
-    if measure == JND_MEASURE and {"d", "same"} <= set(fb.columns) & set(fn.columns):
+    jnd = measure == JND_MEASURE and {"d", "same"} <= set(fb.columns) & set(fn.columns)
+    used = ["d"] if jnd else ["score"]
+    if not all(np.isfinite(f[c].to_numpy(np.float64)).all() for f in (fb, fn) for c in used):
+        return None, f"non-finite {used[0]} values in the samples"
+    if jnd:
         # AP is set-level (per-item scores are NaN): paired bootstrap of AP(new) - AP(baseline) on the same pairs
         r = paired_ap_comparison(fn["d"].to_numpy(np.float64), fb["d"].to_numpy(np.float64),
                                  fn["same"].to_numpy(np.float64), n_boot=n_boot, seed=seed)
@@ -470,16 +536,21 @@ def _from_records(rb: pd.Series, rn: pd.Series, delta: float) -> dict[str, float
     return {"ci_low": delta - Z95 * se, "ci_high": delta + Z95 * se, "p_value": math.erfc(abs(z) / math.sqrt(2))}
 
 
-def _status(measure: str, delta: float, p: float, *, max_drop: float, alpha: float) -> tuple[str, str]:
-    if measure in UNGATED_MEASURES:
-        return "info", f"not gated: {measure} has no 'higher is better' direction"
-    if math.isnan(delta):
-        return "ok", "no value in one of the runs: not compared"
+def _not_finite(vb: float, vn: float) -> str:
+    """The reason of an ``invalid`` row, or "" when both values are finite numbers."""
+    which = [w for w, v in (("baseline", vb), ("new", vn)) if not math.isfinite(v)]
+    return f"the {' and '.join(which)} value is not a finite number" if which else ""
+
+
+def _status(delta: float, p: float, *, max_drop: float, alpha: float) -> tuple[str, str]:
     beyond = delta < -max_drop or delta > max_drop
     if not beyond:
         return "ok", f"within tolerance (|delta| <= {max_drop:g} points)"
     if math.isnan(p):
-        return "ok", "significance unknown (a record has no CI): cannot be flagged"
+        unknown = "whose significance cannot be judged (no CI in a record and no paired samples)"
+        if delta < 0:
+            return "unjudged", f"drop of {-delta:.2f} > {max_drop:g} points {unknown}: fails the gate"
+        return "ok", f"gain of {delta:.2f} > {max_drop:g} points {unknown}"
     if p >= alpha:
         return "ok", f"not significant ({_p_is(p)}, alpha {alpha:g})"
     if delta < 0:
@@ -557,6 +628,12 @@ def compare_runs(
         rn = n.loc[key]
         vb, vn = _float(rb["value"]), _float(rn["value"])
         delta = vn - vb
+        invalid = _not_finite(vb, vn)
+        if invalid:  # a NaN or infinite score is a broken run, never a pass
+            row.update(baseline=vb, new=vn, delta=float("nan"), ci_low=float("nan"), ci_high=float("nan"),
+                       p_value=float("nan"), n=_float(rn["n"]), method="none", status="invalid", reason=invalid)
+            rows.append(row)
+            continue
         task, subset, metric, measure = key
         stats, why = _paired(sb, sn, task, subset, metric, delta, n_boot=n_boot, seed=seed, measure=measure)
         if stats is not None:
@@ -564,34 +641,25 @@ def compare_runs(
         else:
             stats = _from_records(rb, rn, delta)
             method, count = ("records" + (f" ({why})" if why else "")), _float(rn["n"])
-        status, reason = _status(measure, delta, stats["p_value"], max_drop=max_drop, alpha=alpha)
+        status, reason = _status(delta, stats["p_value"], max_drop=max_drop, alpha=alpha)
         row.update(baseline=vb, new=vn, delta=delta, ci_low=float(stats["ci_low"]),
                    ci_high=float(stats["ci_high"]), p_value=float(stats["p_value"]), n=count,
                    method=method, status=status, reason=reason)
         rows.append(row)
     for key in n.index.difference(b.index, sort=False):
         rn = n.loc[key]
-        rows.append({**dict(zip(KEY, key, strict=True)), "baseline": float("nan"), "new": _float(rn["value"]),
+        vn = _float(rn["value"])
+        invalid = _not_finite(0.0, vn)
+        rows.append({**dict(zip(KEY, key, strict=True)), "baseline": float("nan"), "new": vn,
                      "delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                     "p_value": float("nan"), "n": _float(rn["n"]), "method": "none", "status": "new",
-                     "reason": "only in the new run"})
+                     "p_value": float("nan"), "n": _float(rn["n"]), "method": "none",
+                     "status": "invalid" if invalid else "new",
+                     "reason": f"{invalid} (only in the new run)" if invalid else "only in the new run"})
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS)
     frame["n"] = pd.to_numeric(frame["n"], errors="coerce").round().astype("Int64")
     return Comparison(rows=frame, baseline_meta=base.meta, new_meta=nw.meta, baseline_path=base.label,
-                      new_path=nw.label, max_drop=max_drop, alpha=alpha, notes=notes)
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                      new_path=nw.label, max_drop=max_drop, alpha=alpha, notes=notes,
+                      run_dirs=tuple(str(r.folder) for r in (base, nw) if r.folder is not None))
 
 
 def _append(path: str | os.PathLike, text: str) -> None:
@@ -618,17 +686,21 @@ def write_outputs(
 ) -> None:
     """Write the Markdown and JUnit files (atomically) and append the Markdown to the step summary.
 
+    Paths that would overwrite a file of either compared run are refused first (:func:`check_outputs`,
+    :class:`~percepbench.errors.UsageError`), and then nothing is written.
+
     ``step_summary`` defaults to ``$GITHUB_STEP_SUMMARY`` read when the function is *called* (a default
     of ``os.environ.get(...)`` would freeze the value at import time); ``None`` or ``""`` writes no
     summary. The summary is appended to, never overwritten: a job may hold several steps' summaries.
     """
+    check_outputs(comparison.run_dirs, markdown=markdown, junit=junit)
     if step_summary is STEP_SUMMARY_FROM_ENV:
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     text = comparison.to_markdown()
     if markdown:
-        _atomic_write_text(markdown, text)
+        atomic_write_text(markdown, text)
     if junit:
-        _atomic_write_text(junit, comparison.to_junit_xml())
+        atomic_write_text(junit, comparison.to_junit_xml())
     if step_summary:
         _append(step_summary, text)
 
@@ -647,7 +719,7 @@ def _error_outputs(message: str, *, markdown: Any, junit: Any) -> None:
         (markdown, text), (junit, '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode")))
     for path, body in outputs:
         if path:
-            _atomic_write_text(path, body)
+            atomic_write_text(path, body)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _append(summary, text)
@@ -666,11 +738,17 @@ def main_compare(
 ) -> int:
     """``percepbench compare``: print a table, write the outputs, return the exit code.
 
-    0: no regression; 1: a regression or a missing row; 2: incompatible or unreadable inputs (the error
-    goes to stderr as ``percepbench compare: error: <message>``, and into any requested output so CI shows
-    it). ``out`` defaults to ``sys.stdout`` at call time.
+    0: no failing row; 1: a failing row (``regression``, ``unjudged``, ``invalid`` or ``missing``); 2: an
+    output path that would overwrite an input run's file (nothing is written), or incompatible or unreadable
+    inputs (the error goes to stderr as ``percepbench compare: error: <message>``, and into any requested
+    output so CI shows it). ``out`` defaults to ``sys.stdout`` at call time.
     """
     out = sys.stdout if out is None else out
+    try:
+        check_outputs((baseline, new), markdown=markdown, junit=junit)
+    except UsageError as exc:
+        print(f"percepbench compare: error: {exc}", file=sys.stderr)
+        return 2
     try:
         comparison = compare_runs(baseline, new, max_drop=max_drop, alpha=alpha, allow_missing=allow_missing)
     except PercepbenchError as exc:

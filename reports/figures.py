@@ -21,36 +21,9 @@ replaced by ``_``):
   the smallest and the second-smallest of ``d12, d13, d23``) of items the metric gets right
   (``score > 0.5``) and wrong (``score < 0.5``); items with ``score == 0.5`` (ties, or soft labels of
   exactly one half) are excluded and counted in the panel title. Needs samples.
-- ``retrieval_<task>``: value against ``k`` per metric, one panel per measure family and subset.
-- ``attribute_curves_<task>`` and ``attribute_sensitivity_<task>``: see the convention below.
 
-Record convention for the retrieval and attribute tasks
--------------------------------------------------------
-Records stay long-format (``task, subset, metric, measure, value, ci_low, ci_high, n``); ``ci_low`` and
-``ci_high`` may be NaN (JSON ``null``) where no interval was computed, and the figures then draw no band.
-
-Retrieval (``meta["tasks"][task]["kind"] == "retrieval"``): one record per (subset, metric, measure) with
-``measure`` one of ``recall@<k>``, ``precision@<k>``, ``map@<k>`` (``k`` a positive integer, lower case),
-``value`` in percent (0-100, like the accuracies), ``n`` = number of queries; ``subset == "all"`` is the
-pooled value when there are several subsets. Other measures of such a task are listed in the tables but
-not plotted.
-
-Attribute sensitivity (``meta["tasks"][task]["kind"] == "attributes"``), ``subset`` = attribute name
-(e.g. ``"age"``, ``"lighting"``):
-
-- ``measure == "normalized_distance"``: one record per (attribute, metric, strength) with an extra numeric
-  column ``strength`` (the edit strength, larger = stronger edit), ``value`` = the metric's distance
-  between the original and the edited image divided by that metric's own scale (so metrics with different
-  distance units share an axis; the task documents its normalisation), ``n`` = number of images;
-- ``measure == "sensitivity"``: one record per (attribute, metric), ``value`` = the task's scalar summary
-  of how strongly the metric responds to the attribute (``strength`` absent or NaN).
-
-Example (text only)::
-
-    {"task": "attrs", "subset": "age", "metric": "lpips.alex", "measure": "normalized_distance",
-     "value": 0.42, "ci_low": 0.39, "ci_high": 0.45, "n": 200, "strength": 0.5}
-    {"task": "attrs", "subset": "age", "metric": "lpips.alex", "measure": "sensitivity",
-     "value": 0.81, "ci_low": 0.74, "ci_high": 0.86, "n": 200}
+A figure exists for each kind of record the built-in tasks produce (2AFC, odd-one-out, JND) and no other:
+a task kind that adds a new kind of record adds its figures with it.
 """
 
 from __future__ import annotations
@@ -71,9 +44,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-ALL_SUBSET = "all"
+from percepbench.results import ALL
+
 SCORE_KINDS = ("2afc", "odd_one_out")
 TIE = "tie"
 RIGHT, WRONG = "right", "wrong"
@@ -90,7 +63,6 @@ _RC = {
     "legend.fontsize": 8,
     "figure.titlesize": 11,
 }
-_MEASURE_RE = re.compile(r"^(recall|precision|map)@(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -251,18 +223,19 @@ def _metadata(fmt: str) -> dict[str, Any]:
 
 def _pooled_first(subsets: Iterable[str]) -> list[str]:
     subsets = list(dict.fromkeys(str(s) for s in subsets))
-    return ([ALL_SUBSET] if ALL_SUBSET in subsets else []) + [s for s in subsets if s != ALL_SUBSET]
+    return ([ALL] if ALL in subsets else []) + [s for s in subsets if s != ALL]
 
 
 def _pooled_subset(subsets: Iterable[str]) -> str | None:
     subsets = _pooled_first(subsets)
-    if ALL_SUBSET in subsets or len(subsets) == 1:
+    if ALL in subsets or len(subsets) == 1:
         return subsets[0]
     return None
 
 
 def is_percent(measure: str) -> bool:
-    return str(measure).endswith("accuracy") or bool(_MEASURE_RE.match(str(measure)))
+    """Whether a measure is a percentage (the accuracies) rather than a value in its own units."""
+    return str(measure).endswith("accuracy")
 
 
 def _n_text(n: pd.Series) -> str:
@@ -527,125 +500,6 @@ def margin_figure(samples: pd.DataFrame, task: str, kind: str, *, palette: Mappi
     return fig
 
 
-# ----------------------------------------------------------------------------- retrieval and attributes
-
-def retrieval_frame(records: pd.DataFrame, task: str) -> pd.DataFrame:
-    """The task's ``recall@k``/``precision@k``/``map@k`` records with ``family`` and integer ``k`` columns."""
-    df = records[records["task"] == task].copy()
-    parsed = df["measure"].astype(str).str.lower().str.extract(_MEASURE_RE)
-    df["family"], df["k"] = parsed[0], pd.to_numeric(parsed[1], errors="coerce")
-    return df.dropna(subset=["family", "k"]).astype({"k": int})
-
-
-def _legend_handles(names: Iterable[str], palette: Mapping[str, Any]) -> list[Line2D]:
-    return [Line2D([], [], color=palette.get(n, "0.5"), marker="o", label=n) for n in names]
-
-
-def _curve(ax, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: Any, gid: str) -> None:
-    order = np.argsort(x)
-    x, y, lo, hi = x[order], y[order], lo[order], hi[order]
-    (line,) = ax.plot(x, y, marker="o", markersize=3.5, color=colour, linewidth=1.4)
-    line.set_gid(gid)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    if ok.sum() >= 2:
-        ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.15, linewidth=0)
-    elif ok.any():
-        ax.errorbar(x[ok], y[ok], yerr=np.vstack([y[ok] - lo[ok], hi[ok] - y[ok]]), fmt="none", ecolor=colour)
-
-
-def retrieval_figure(records: pd.DataFrame, task: str, *, palette: Mapping[str, Any]) -> Figure | None:
-    """Value against k per metric (CI bands), one panel per (subset, measure family)."""
-    df = retrieval_frame(records, task)
-    if df.empty:
-        return None
-    families = [f for f in ("recall", "precision", "map") if f in set(df["family"])]
-    subsets = _pooled_first(df["subset"])
-    names = sorted(df["metric"].astype(str).unique())
-    with _style():
-        fig = _new_figure(3.8 * len(families) + 2.2, 3.0 * len(subsets) + 0.6)
-        axes = fig.subplots(len(subsets), len(families), squeeze=False)
-        for r, subset in enumerate(subsets):
-            for c, family in enumerate(families):
-                ax = axes[r, c]
-                sub = df[(df["subset"] == subset) & (df["family"] == family)]
-                for m in names:
-                    rows = sub[sub["metric"] == m]
-                    if rows.empty:
-                        continue
-                    _curve(ax, rows["k"].to_numpy(float), rows["value"].to_numpy(float),
-                           rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float),
-                           palette.get(m, "0.5"), f"curve:{r}:{c}:{names.index(m)}")
-                ks = sorted(set(sub["k"]))
-                if ks and ks[-1] / max(ks[0], 1) >= 20:
-                    ax.set_xscale("log")
-                if ks:
-                    ax.set_xticks(ks, [str(k) for k in ks])
-                    ax.minorticks_off()
-                ax.set_xlabel("k")
-                ax.set_ylabel(f"{family}@k (%)")
-                ax.set_title(f"{subset}: {family}@k ({_n_text(sub['n'])} queries)")
-        fig.legend(handles=_legend_handles(names, palette), loc="outside right upper", title="metric")
-        fig.suptitle(_wrap(f"{task}: retrieval quality against k per metric (bands: 95% CI)", fig))
-    return fig
-
-
-def attribute_curve_figure(records: pd.DataFrame, task: str, *, palette: Mapping[str, Any]) -> Figure | None:
-    """``normalized_distance`` against ``strength``: one panel per attribute, one line per metric."""
-    df = records[(records["task"] == task) & (records["measure"] == "normalized_distance")]
-    if df.empty or "strength" not in df.columns:
-        return None
-    df = df[pd.to_numeric(df["strength"], errors="coerce").notna()]
-    if df.empty:
-        return None
-    attrs = _pooled_first(df["subset"])
-    names = sorted(df["metric"].astype(str).unique())
-    nrows, ncols = _grid(len(attrs), 4)
-    with _style():
-        fig = _new_figure(3.6 * ncols + 2.2, 2.9 * nrows + 0.6)
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
-        for p, attr in enumerate(attrs):
-            ax = axes[p]
-            sub = df[df["subset"] == attr]
-            for m in names:
-                rows = sub[sub["metric"] == m]
-                if len(rows):
-                    _curve(ax, pd.to_numeric(rows["strength"]).to_numpy(float), rows["value"].to_numpy(float),
-                           rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float),
-                           palette.get(m, "0.5"), f"curve:{p}:{names.index(m)}")
-            ax.set_title(f"{attr} ({_n_text(sub['n'])})")
-            ax.set_xlabel("edit strength")
-            ax.set_ylabel("normalised distance")
-        for ax in axes[len(attrs):]:
-            ax.set_visible(False)
-        fig.legend(handles=_legend_handles(names, palette), loc="outside right upper", title="metric")
-        fig.suptitle(_wrap(f"{task}: normalised distance against edit strength per attribute (bands: 95% CI)", fig))
-    return fig
-
-
-def attribute_sensitivity_figure(records: pd.DataFrame, task: str) -> tuple[Figure, pd.DataFrame] | None:
-    """Heatmap metric x attribute of the ``sensitivity`` records (annotated)."""
-    df = records[(records["task"] == task) & (records["measure"] == "sensitivity")]
-    if df.empty:
-        return None
-    mat = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
-    mat = mat.reindex(columns=_pooled_first(mat.columns))
-    mat = mat.loc[mat.mean(axis=1).sort_values(ascending=False).index]
-    values = mat.to_numpy(float)
-    diverging = np.nanmin(values) < 0 < np.nanmax(values)
-    with _style():
-        fig = _new_figure(max(4.5, 0.8 * mat.shape[1] + 3.2), max(3.0, 0.4 * mat.shape[0] + 1.6))
-        ax = fig.subplots()
-        sns.heatmap(values, ax=ax, annot=True, fmt=".2f", cmap="vlag" if diverging else "viridis",
-                    center=0 if diverging else None, linewidths=0.5,
-                    xticklabels=[wrap_label(c, 16) for c in mat.columns],
-                    yticklabels=[wrap_label(i, 26) for i in mat.index], cbar_kws={"label": "sensitivity"})
-        ax.tick_params(axis="y", labelrotation=0)
-        ax.set_xlabel("attribute")
-        ax.set_ylabel("metric")
-        ax.set_title(f"{task}: sensitivity per metric and attribute ({_n_text(df['n'])})", loc="left")
-    return fig, mat
-
-
 # ------------------------------------------------------------------------------------------------ all
 
 def run_metrics(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.DataFrame | None) -> list[str]:
@@ -670,25 +524,6 @@ def make_figures(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.Dat
     for task in run_tasks(meta, records):
         recs = records[records["task"] == task]
         kind = task_kind(task, meta, samples[samples["task"] == task] if samples is not None else None)
-        if kind == "retrieval":
-            fig = retrieval_figure(records, task, palette=palette)
-            if fig is not None:
-                figs.append(ReportFigure(f"retrieval_{slug(task)}", task, f"{task}: retrieval against k", fig))
-            else:
-                notes.append(f"{task}: no recall@k / precision@k / map@k records to plot")
-            continue
-        if kind == "attributes":
-            fig = attribute_curve_figure(records, task, palette=palette)
-            if fig is not None:
-                figs.append(ReportFigure(f"attribute_curves_{slug(task)}", task,
-                                         f"{task}: normalised distance against edit strength", fig))
-            res = attribute_sensitivity_figure(records, task)
-            if res is not None:
-                figs.append(ReportFigure(f"attribute_sensitivity_{slug(task)}", task,
-                                         f"{task}: sensitivity per metric and attribute", res[0]))
-            if fig is None and res is None:
-                notes.append(f"{task}: no normalized_distance or sensitivity records to plot")
-            continue
         if recs.empty:
             notes.append(f"{task}: no records (every metric failed or the run stopped before it)")
             continue

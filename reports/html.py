@@ -209,8 +209,8 @@ def render_html(content: ReportContent) -> str:
     meta = content.meta
     title = "percepbench report" + (f" — {content.run_dir.name}" if content.run_dir else "")
     out: list[str] = []
-    lead = (f"{len(content.tasks)} task(s), {len(meta.get('metrics') or {})} metric(s); "
-            f"percepbench {meta.get('percepbench_version', '?')}, started {meta.get('started') or '?'}")
+    lead = (f"{len(content.tasks)} task(s), {len(meta['metrics'])} metric(s); "
+            f"percepbench {meta['percepbench_version'] or '?'}, started {meta['started'] or '?'}")
     out.append(f"<header><h1>percepbench report</h1><p class=\"lead\">{esc(lead)}</p></header>")
     sections = [("results", "Results"), ("failures", "Failures"), ("comparisons", "Paired comparisons"),
                 ("protocol", "Protocol"), ("metrics", "Metrics"), ("run", "Run"), ("records", "All records")]
@@ -222,7 +222,7 @@ def render_html(content: ReportContent) -> str:
 
     out.append('<section id="results"><h2>Results</h2>')
     for task in content.tasks:
-        spec = (meta.get("tasks") or {}).get(task) or {}
+        spec = meta["tasks"].get(task) or {}
         desc = spec.get("description") or ""
         kind = spec.get("kind") or "?"
         out.append(f'<h3 id="{esc(_task_id(task))}">{esc(task)}</h3>'
@@ -262,14 +262,14 @@ def render_html(content: ReportContent) -> str:
     out.append("</section>")
 
     out.append('<section id="metrics"><h2>Metrics</h2>')
-    specs = meta.get("metrics") or {}
+    specs = meta["metrics"]
     if specs:
         rows = "".join(
-            f"<tr><td>{esc(name)}</td><td>{esc(s.get('kind', ''))}</td><td>{esc(s.get('description', ''))}</td>"
+            f"<tr><td>{esc(name)}</td><td>{esc(s.get('description', ''))}</td>"
             f"<td>{esc(s.get('distance', ''))}</td><td>{esc(s.get('reference', ''))}</td></tr>"
-            for name, s in specs.items() if isinstance(s, dict))
+            for name, s in specs.items())
         out.append('<div class="table-wrap"><table id="metric-specs" class="sortable"><thead><tr><th>metric</th>'
-                   "<th>kind</th><th>description</th><th>distance</th><th>reference</th></tr></thead>"
+                   "<th>description</th><th>distance</th><th>reference</th></tr></thead>"
                    f"<tbody>{rows}</tbody></table></div>")
     else:
         out.append("<p>No metric specs recorded.</p>")
@@ -278,7 +278,7 @@ def render_html(content: ReportContent) -> str:
     out.append('<section id="run"><h2>Run</h2><dl class="kv">')
     out.append("".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in content.run_info))
     out.append("</dl><h3>Configuration</h3>")
-    config = json.dumps(meta.get("config") or {}, indent=2, sort_keys=True, default=str)
+    config = json.dumps(meta["config"], indent=2, sort_keys=True, default=str)
     out.append(f"<pre>{esc(config)}</pre></section>")
 
     out.append('<section id="records"><h2>All records</h2>')

@@ -89,7 +89,7 @@ def render_markdown(content: ReportContent, *, image_format: str | None = "png")
 
     out += ["## Results", ""]
     for task in content.tasks:
-        spec = (meta.get("tasks") or {}).get(task) or {}
+        spec = meta["tasks"].get(task) or {}
         out += [f"### {md_escape(task)}", ""]
         if spec.get("description"):
             out += [f"_{md_escape(spec['description'])}_", ""]

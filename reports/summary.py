@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-ALL_SUBSET = "all"
+from percepbench.results import ALL
 
 
 def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
@@ -20,8 +20,8 @@ def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
         df = records[records["task"] == t]
         measure = df["measure"].iloc[0]
         table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
-        subsets = [c for c in table.columns if c != ALL_SUBSET]
-        overall = ALL_SUBSET if ALL_SUBSET in table.columns else subsets[0]
+        subsets = [c for c in table.columns if c != ALL]
+        overall = ALL if ALL in table.columns else subsets[0]
         pooled = df[df["subset"] == overall].set_index("metric")
         table = table.loc[pooled["value"].sort_values(ascending=False).index]
         n = int(pooled["n"].iloc[0])

@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from percepbench.results import ALL
 from percepbench.specs import InputConvention
-from percepbench.stats import bootstrap_ci, paired_comparison
+from percepbench.stats import bootstrap_ci, paired_comparison, require_finite_distances
 
-ALL_SUBSET = "all"
+#: The pooled subset's name (the one constant :data:`percepbench.results.ALL`, under the name tasks use).
+ALL_SUBSET = ALL
 
 
 class Task:
@@ -108,6 +110,7 @@ def score_2afc(d0: np.ndarray, d1: np.ndarray, p: np.ndarray) -> np.ndarray:
 
     ``d0 = d(ref, left)``, ``d1 = d(ref, right)``, ``p`` = fraction of judges who found the **right**
     image more similar (soft labels allowed). Distances of any shape (N, 1, 1, 1) are flattened first.
+    A NaN or infinite distance is a ``ValueError``, never a tie (:func:`~percepbench.stats.require_finite_distances`).
 
     >>> score_2afc(np.array([0.1, 0.5, 0.3]), np.array([0.2, 0.4, 0.3]), np.array([0.0, 0.8, 1.0])).tolist()
     [1.0, 0.8, 0.5]
@@ -117,6 +120,7 @@ def score_2afc(d0: np.ndarray, d1: np.ndarray, p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     if not (d0.shape == d1.shape == p.shape):
         raise ValueError(f"d0, d1 and p must have the same length, got {d0.size}, {d1.size}, {p.size}")
+    require_finite_distances("2AFC", d0=d0, d1=d1)
     if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
         raise ValueError("2AFC labels p must lie in [0, 1]")
     return np.where(d0 < d1, 1.0 - p, np.where(d1 < d0, p, 0.5))

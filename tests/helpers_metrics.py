@@ -90,3 +90,23 @@ class LinearEmbedPairwise(LinearEmbed):
     """The same distance on the runner's pairwise path."""
 
     embeds = False
+
+
+class NaNAbove(DistanceMetric):
+    """Mean absolute difference, replaced by ``value`` (NaN by default) where it exceeds ``threshold``: a
+    metric that breaks on some items, as piq's indices do under bf16/fp16."""
+
+    def __init__(self, threshold: float = 0.3, value: float = float("nan"), **kwargs):
+        super().__init__(**kwargs)
+        self.threshold, self.value = float(threshold), float(value)
+
+    def distance(self, preds, target):
+        d = (preds - target).abs().flatten(1).mean(1)
+        return torch.where(d > self.threshold, torch.full_like(d, self.value), d)
+
+
+class NaNEmbed(ToyEmbed):
+    """An embedding metric whose embeddings are all NaN."""
+
+    def embed(self, x):
+        return torch.full((x.shape[0], 4), float("nan"), device=x.device)

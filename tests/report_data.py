@@ -1,9 +1,8 @@
 """A realistic synthetic run directory for the report tests (written with ``percepbench.results``).
 
-``make_run(path)`` writes one of each task kind the reports know: a 2AFC task with several subsets and
-per-item samples, an odd-one-out task, a retrieval task (``recall@k``/``precision@k``/``map@k``) and an
-attribute task (``normalized_distance`` with ``strength``, ``sensitivity``), plus a failed (task, metric)
-pair. Everything is drawn from a seeded generator, so two calls give identical files.
+``make_run(path)`` writes one of each task kind the reports draw figures for: a 2AFC task with several
+subsets and per-item samples and an odd-one-out task, plus a failed (task, metric) pair. Everything is drawn
+from a seeded generator, so two calls give identical files.
 """
 
 from __future__ import annotations
@@ -15,13 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from percepbench.results import RunResults, records_frame, write_results
+from percepbench.results import ALL, RunResults, records_frame, write_results
 
 METRICS = ("alpha", "beta.v1", "gamma_long_metric_name.variant_b")
 SUBSETS = ("blur", "noise", "jpeg")
-ATTRIBUTES = ("age", "lighting", "pose")
-STRENGTHS = (0.25, 0.5, 0.75, 1.0)
-KS = (1, 5, 10)
 
 
 def _ci(values: np.ndarray) -> tuple[float, float]:
@@ -36,7 +32,7 @@ def _score_records(task: str, frame: pd.DataFrame, measure: str) -> list[dict[st
     for metric, per_metric in frame.groupby("metric", sort=False):
         groups = [(s, g) for s, g in per_metric.groupby("subset", sort=False)]
         if len(groups) > 1:
-            groups.append(("all", per_metric))
+            groups.append((ALL, per_metric))
         for subset, g in groups:
             lo, hi = _ci(g["score"].to_numpy())
             out.append({"task": task, "subset": str(subset), "metric": metric, "measure": measure,
@@ -83,50 +79,21 @@ def odd_samples(task: str, metrics: Sequence[str], n: int, rng: np.random.Genera
     return df
 
 
-def retrieval_records(task: str, metrics: Sequence[str], rng: np.random.Generator) -> list[dict[str, Any]]:
-    out = []
-    for mi, metric in enumerate(metrics):
-        for subset in ("objects", "scenes", "all"):
-            base = 30 + 15 * rng.uniform() + 5 * mi
-            for k in KS:
-                recall = min(99.0, base + 12 * np.log(k))
-                for measure, value in ((f"recall@{k}", recall), (f"precision@{k}", recall / k ** 0.5),
-                                       (f"map@{k}", recall * 0.8)):
-                    out.append({"task": task, "subset": subset, "metric": metric, "measure": measure,
-                                "value": value, "ci_low": value - 3, "ci_high": value + 3,
-                                "n": 200 if subset == "all" else 100})
-    return out
-
-
-def attribute_records(task: str, metrics: Sequence[str], rng: np.random.Generator) -> list[dict[str, Any]]:
-    out = []
-    for mi, metric in enumerate(metrics):
-        for attr in ATTRIBUTES:
-            slope = rng.uniform(0.2, 1.5) * (1 + 0.2 * mi)
-            for s in STRENGTHS:
-                v = slope * s + rng.normal(scale=0.02)
-                out.append({"task": task, "subset": attr, "metric": metric, "measure": "normalized_distance",
-                            "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 50, "strength": s})
-            out.append({"task": task, "subset": attr, "metric": metric, "measure": "sensitivity",
-                        "value": slope, "ci_low": slope - 0.1, "ci_high": slope + 0.1, "n": 50})
-    return out
-
-
 def task_spec(name: str, kind: str, measure: str) -> dict[str, Any]:
     return {"name": name, "target": f"tests.synthetic:{name}", "description": f"synthetic {kind} task",
-            "kwargs": {}, "kind": kind, "measure": measure, "needs_data": False, "offline": True}
+            "kwargs": {}, "kind": kind, "measure": measure, "needs_data": False}
 
 
 def metric_spec(name: str) -> dict[str, Any]:
     return {"name": name, "target": "tests.synthetic:Metric", "description": f"synthetic metric {name}",
-            "kwargs": {}, "higher_is_better": False, "distance": "synthetic", "kind": "pairwise",
+            "kwargs": {}, "higher_is_better": False, "distance": "synthetic",
             "inputs": {"value_range": [0.0, 1.0], "size": 224, "interpolation": "bicubic", "min_size": 1,
                        "grayscale": "expand"}, "weights": []}
 
 
 def make_run(path: str | Path, *, metrics: Sequence[str] = METRICS, subsets: Sequence[str] = SUBSETS,
              twoafc_task: str = "toy2afc", per_subset: int = 24, samples: bool = True, complete: bool = True,
-             failed: bool = True, kinds: Sequence[str] = ("2afc", "odd_one_out", "retrieval", "attributes"),
+             failed: bool = True, kinds: Sequence[str] = ("2afc", "odd_one_out"),
              task_args: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> Path:
     """Write a synthetic run directory under ``path``; returns ``path``.
 
@@ -155,22 +122,18 @@ def make_run(path: str | Path, *, metrics: Sequence[str] = METRICS, subsets: Seq
         if failed and len(metrics) > 1:
             fails.append({"task": "toyodd", "metric": metrics[-1], "kind": "failure",
                           "error": "RuntimeError: out of memory | <b>boom</b> & more"})
-    if "retrieval" in kinds:
-        tasks["toyretrieval"] = task_spec("toyretrieval", "retrieval", "recall@1")
-        records += retrieval_records("toyretrieval", metrics, rng)
-    if "attributes" in kinds:
-        tasks["toyattrs"] = task_spec("toyattrs", "attributes", "sensitivity")
-        records += attribute_records("toyattrs", metrics, rng)
     for task in tasks:
         for metric in metrics:
             if not any(f["task"] == task and f["metric"] == metric for f in fails):
                 protocol.append({"task": task, "metric": metric, "inputs": metric_spec(metric)["inputs"],
-                                 "resize": "224x224 bicubic", "scales_used": None, "seconds": 0.5})
+                                 "resize": "224x224 bicubic", "scales_used": None, "embedding": None,
+                                 "seconds": 0.5})
     meta = {
         "percepbench_version": "0.1.0", "git_sha": "0123456789abcdef0123456789abcdef01234567",
         "torch_version": "2.0.0", "python": "3.11.7", "platform": "Linux-synthetic", "device": "cpu",
-        "device_name": "", "seed": seed, "started": "2026-01-02T03:04:05+00:00",
-        "finished": "2026-01-02T03:14:05+00:00" if complete else None,
+        "device_name": "Synthetic CPU 9000", "cpu_model": "Synthetic CPU 9000",
+        "started": "2026-01-02T03:04:05+00:00", "finished": "2026-01-02T03:14:05+00:00" if complete else None,
+        "precision": "fp32", "seed": seed,
         "config": {"metrics": metrics, "tasks": list(tasks), "out": str(out), "device": None, "batch_size": 32,
                    "num_workers": 0, "seed": seed, "data_root": None, "n_boot": 1000, "metric_args": {},
                    "task_args": task_args or {}, "progress": False},

@@ -35,7 +35,11 @@ def test_run_writes_the_report_and_no_report_skips_it(capsys, two_runs, tmp_path
     report = two_runs / "base" / "report"
     assert (report / "report.html").is_file() and (report / "report.md").is_file()
     assert (report / "scores_severity2afc.png").stat().st_size > 5000
-    assert "| psnr |" in (report / "report.md").read_text() or "psnr" in (report / "report.md").read_text()
+    md = (report / "report.md").read_text()
+    # the headline table holds one row per metric with the pooled value of the records, CI and n
+    res = load_results(two_runs / "base")
+    for rec in res.records[res.records["subset"] == "all"].itertuples():
+        assert f"| {rec.metric} | {rec.value:.1f} | [{rec.ci_low:.1f}, {rec.ci_high:.1f}] | {rec.n} |" in md
     code, out, err = cli(capsys, "run", "-m", "psnr", "-o", str(tmp_path / "r"), "--no-report", *FAST)
     assert code == 0, err
     assert not (tmp_path / "r" / "report").exists() and "report:" not in out

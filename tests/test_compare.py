@@ -17,16 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
-from percepbench.errors import DataError
+from percepbench.cli import main
+from percepbench.errors import DataError, UsageError
 from percepbench.reports.compare import Comparison, compare_runs, main_compare, write_outputs
 from percepbench.results import RESULTS_FILE, RunResults, load_results, write_results
-from percepbench.stats import bootstrap_ci, paired_comparison
+from percepbench.stats import bootstrap_ci
 
 TASK = "toy2afc"
 SUBSETS = ("s1", "s2")
 METRICS = ("m_a", "m_b", "m_c")
 PER_SUBSET = 200
+V1_RUN = Path(__file__).parent / "data" / "v1_run"
 N_BOOT = 200  # the records' CIs only; compare_runs keeps its own default
 
 
@@ -175,18 +178,37 @@ def test_real_regression_fails(tmp_path, baseline, base_samples):
     assert main_compare(baseline, new, out=io.StringIO()) == 1
 
 
-def test_paired_statistics_are_those_of_percepbench_stats(tmp_path, baseline, base_samples):
-    changed = flip(flip(base_samples, "m_a", "s1", 9, to=0.0), "m_a", "s1", 4, to=1.0)
-    new = write_run(tmp_path / "new", changed)
-    c = compare_runs(baseline, new, n_boot=500, seed=7)
+def test_paired_statistics_agree_with_scipy_and_the_exact_sign_flip_test(tmp_path, baseline, base_samples):
+    """Oracles independent of percepbench.stats: the exact sign-flip p-value (enumerated by hand and by scipy)
+    and scipy's percentile bootstrap of the mean per-item difference."""
     pick = (base_samples["metric"] == "m_a") & (base_samples["subset"] == "s1")
-    expected = paired_comparison(changed.loc[pick, "score"].to_numpy() * 100,
-                                 base_samples.loc[pick, "score"].to_numpy() * 100, n_boot=500, seed=7)
+    right = base_samples.index[pick & (base_samples["score"] == 1)][:9]
+    wrong = base_samples.index[pick & (base_samples["score"] == 0)][:4]
+    changed = base_samples.copy()
+    swap = right.append(wrong)  # 9 right items become wrong, 4 wrong ones right: distances swapped
+    changed.loc[swap, ["d0", "d1"]] = changed.loc[swap, ["d1", "d0"]].to_numpy()
+    changed["score"] = score_2afc(changed["d0"].to_numpy(), changed["d1"].to_numpy(), changed["p"].to_numpy())
+    new = write_run(tmp_path / "new", changed)
+    c = compare_runs(baseline, new)  # 2000 bootstrap resamples and 2000 sign flips
+    d = (changed.loc[pick, "score"].to_numpy() - base_samples.loc[pick, "score"].to_numpy()) * 100
+    assert sorted(np.unique(d, return_counts=True)[1]) == [4, 9, 187]  # 9 x -100, 4 x +100, 187 x 0
     r = row(c, "s1", "m_a")
-    assert r["method"] == "paired" and r["n"] == 200
-    assert r["delta"] == pytest.approx(expected["diff"]) == pytest.approx(-2.5)
-    assert (r["ci_low"], r["ci_high"], r["p_value"]) == (
-        pytest.approx(expected["ci_low"]), pytest.approx(expected["ci_high"]), pytest.approx(expected["p_value"]))
+    assert r["method"] == "paired" and r["n"] == 200 and r["delta"] == pytest.approx(-2.5)
+    # only the 13 non-zero differences move under sign flips: |sum of 13 random signs| >= |4 - 9| = 5 happens
+    # for at most 4 or at least 9 positive signs, so p = 2 * sum_{k<=4} C(13, k) / 2**13 = 2186 / 8192
+    exact = 2 * sum(math.comb(13, k) for k in range(5)) / 2**13
+    nonzero = d[d != 0]
+    enumerated = scipy_stats.permutation_test(
+        (nonzero, np.zeros_like(nonzero)), lambda x, y, axis: np.mean(x - y, axis=axis), vectorized=True,
+        permutation_type="samples", n_resamples=np.inf, alternative="two-sided")
+    assert enumerated.pvalue == pytest.approx(exact) == pytest.approx(0.26685, abs=1e-5)
+    # compare draws 2000 sign flips: within 4 standard errors of the exact value
+    assert abs(r["p_value"] - exact) < 4 * math.sqrt(exact * (1 - exact) / 2000)
+    boot = scipy_stats.bootstrap((d,), np.mean, method="percentile", n_resamples=20000, random_state=0)
+    assert r["ci_low"] == pytest.approx(boot.confidence_interval.low, abs=0.75)
+    assert r["ci_high"] == pytest.approx(boot.confidence_interval.high, abs=0.75)
+    assert r["ci_low"] < -2.5 < r["ci_high"] < 2.5  # not significant: the CI holds 0
+    assert r["status"] == "ok" and r["reason"] == f"not significant (p = {r['p_value']:.3f}, alpha 0.05)"
 
 
 # --------------------------------------------------------------------------- missing / new rows
@@ -216,18 +238,15 @@ def test_rows_only_in_new_are_informational(tmp_path, baseline, base_samples):
     assert c.exit_code == 0
 
 
-def test_ungated_measure_is_info(tmp_path, base_samples):
+def test_samples_that_do_not_reproduce_the_records_are_not_paired(tmp_path, baseline, base_samples):
     rec = records_from(base_samples)
-    extra = rec[rec["metric"] == "m_a"].assign(measure="sensitivity")
-    b = write_run(tmp_path / "b", base_samples, records=pd.concat([rec, extra], ignore_index=True))
-    extra_new = extra.assign(value=extra["value"] - 30)
-    n = write_run(tmp_path / "n", base_samples, records=pd.concat([rec, extra_new], ignore_index=True))
-    c = compare_runs(b, n)
-    info = c.rows[c.rows["measure"] == "sensitivity"]
-    assert set(info["status"]) == {"info"} and np.allclose(info["delta"], -30)
-    # the samples are 2AFC scores, which do not reproduce this measure: compared from the records
-    assert all(m.startswith("records (samples do not reproduce") for m in info["method"])
-    assert c.exit_code == 0
+    edited = rec["metric"].eq("m_a") & rec["subset"].eq("s1")
+    rec.loc[edited, ["value", "ci_low", "ci_high"]] -= 30  # the records say one thing, the samples another
+    c = compare_runs(baseline, write_run(tmp_path / "new", base_samples, records=rec))
+    r = row(c, "s1", "m_a")
+    assert r["method"] == "records (samples do not reproduce the records' values)"
+    assert r["delta"] == pytest.approx(-30) and r["status"] == "regression" and c.exit_code == 1
+    assert set(c.rows.loc[~(c.rows["metric"].eq("m_a") & c.rows["subset"].eq("s1")), "method"]) == {"paired"}
 
 
 # --------------------------------------------------------------------------- records-only runs
@@ -256,13 +275,58 @@ def test_records_only_runs_use_a_z_test_on_the_cis(tmp_path):
     assert row(cw, "all", "m_a")["status"] == "regression" and cw.exit_code == 1
 
 
-def test_missing_ci_cannot_be_flagged(tmp_path):
+def test_a_drop_whose_significance_cannot_be_judged_fails(tmp_path, capsys):
+    """No CI in a record and no samples: a drop beyond tolerance fails safe (``unjudged``, exit 1)."""
     b = write_run(tmp_path / "b", None, records=_records(80.0, None, None))
     n = write_run(tmp_path / "n", None, records=_records(50.0, 45.0, 55.0))
     c = compare_runs(b, n)
     r = row(c, "all", "m_a")
     assert math.isnan(r["p_value"]) and math.isnan(r["ci_low"])
-    assert r["status"] == "ok" and "significance unknown" in r["reason"] and c.exit_code == 0
+    assert r["status"] == "unjudged" and c.exit_code == 1 and c.verdict == "FAIL"
+    assert r["reason"] == ("drop of 30.00 > 1 points whose significance cannot be judged (no CI in a record and "
+                           "no paired samples): fails the gate")
+    # the issue's case, through the CLI: 40 points lower, neither run has CIs or samples
+    lower = write_run(tmp_path / "l", None, records=_records(40.0, None, None))
+    assert main(["compare", str(b), str(lower)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: 1 unjudged (1 rows;") and "PASS" not in out
+    # within tolerance it is still ok, and a gain of unknown significance is shown but never fails
+    close = write_run(tmp_path / "c", None, records=_records(79.5, None, None))
+    assert compare_runs(b, close).exit_code == 0
+    gain = compare_runs(n, b)
+    assert row(gain, "all", "m_a")["status"] == "ok" and gain.exit_code == 0
+    assert "gain of 30.00 > 1 points whose significance cannot be judged" in row(gain, "all", "m_a")["reason"]
+
+
+@pytest.mark.parametrize(("vb", "vn"), [(float("nan"), float("nan")), (80.0, float("nan")), (float("nan"), 80.0),
+                                        (80.0, float("inf"))])
+def test_non_finite_values_fail(tmp_path, capsys, vb, vn):
+    b = write_run(tmp_path / "b", None, records=_records(vb, 76.0, 84.0))
+    n = write_run(tmp_path / "n", None, records=_records(vn, 76.0, 84.0))
+    c = compare_runs(b, n)
+    r = row(c, "all", "m_a")
+    which = " and ".join(w for w, v in (("baseline", vb), ("new", vn)) if not math.isfinite(v))
+    assert r["status"] == "invalid" and r["reason"] == f"the {which} value is not a finite number"
+    assert c.exit_code == 1
+    assert main(["compare", str(b), str(n)]) == 1
+    assert capsys.readouterr().out.startswith("FAIL: 1 invalid")
+
+
+def test_all_nan_runs_fail(tmp_path, base_samples):
+    rec = records_from(base_samples)
+    rec[["value", "ci_low", "ci_high"]] = np.nan
+    c = compare_runs(write_run(tmp_path / "b", None, records=rec), write_run(tmp_path / "n", None, records=rec))
+    assert set(c.rows["status"]) == {"invalid"} and c.exit_code == 1
+
+
+def test_a_non_finite_value_only_in_the_new_run_fails(tmp_path, baseline, base_samples):
+    extra = pd.DataFrame([{"task": TASK, "subset": "all", "metric": "m_new", "measure": "2afc_accuracy",
+                           "value": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 400}])
+    rec = pd.concat([records_from(base_samples), extra], ignore_index=True)
+    c = compare_runs(baseline, write_run(tmp_path / "new", base_samples, records=rec))
+    r = row(c, "all", "m_new")
+    assert r["status"] == "invalid" and r["reason"] == "the new value is not a finite number (only in the new run)"
+    assert c.exit_code == 1
 
 
 def test_samples_in_one_run_only_fall_back_to_records(tmp_path, baseline, base_samples):
@@ -353,7 +417,13 @@ def test_other_items_with_the_same_settings_compare_unpaired(tmp_path, base_samp
     c = compare_runs(b, n)
     assert row(c, "s1", "m_a")["method"] == "records (items differ: 50 only in baseline, 0 only in new)"
     assert any("item counts differ" in note for note in c.notes)
-    assert c.exit_code in (0, 1)
+    assert all(m.startswith("records (items differ: ") for m in c.rows["method"])
+    # the delta is that of the two item sets' accuracies, read off the samples
+    pick = (base_samples["metric"] == "m_a") & (base_samples["subset"] == "s1")
+    scores = base_samples.loc[pick, "score"].to_numpy()
+    assert row(c, "s1", "m_a")["delta"] == pytest.approx((scores[:150].mean() - scores.mean()) * 100)
+    # a quarter of the items dropped at random moves no accuracy by a significant amount
+    assert set(c.rows["status"]) == {"ok"} and (c.rows["p_value"] > 0.5).all() and c.exit_code == 0
 
 
 def test_other_settings_with_the_same_items_still_pair(tmp_path, base_samples):
@@ -366,13 +436,14 @@ def test_other_settings_with_the_same_items_still_pair(tmp_path, base_samples):
 
 def test_other_device_and_version_are_comparable_and_shown(tmp_path, baseline, base_samples):
     meta = make_meta(percepbench_version="0.2.0", git_sha="bbbb222", device="cuda:0", device_name="NVIDIA H100",
-                     torch_version="2.5.1")
+                     torch_version="2.5.1", cpu_model="AMD EPYC 9654")
     new = write_run(tmp_path / "new", base_samples, meta=meta)
     c = compare_runs(baseline, new)
     assert c.exit_code == 0 and c.new_meta["device"] == "cuda:0" and c.baseline_meta["device"] == "cpu"
     md = c.to_markdown()
     assert "| device | cpu | cuda:0 (NVIDIA H100) |" in md
     assert "| percepbench | 0.1.0 | 0.2.0 |" in md and "| git sha | aaaa111 | bbbb222 |" in md
+    assert "| cpu | ? | AMD EPYC 9654 |" in md  # the baseline's file has no cpu_model
     text = io.StringIO()
     assert main_compare(baseline, new, out=text) == 0
     assert "device: cpu -> cuda:0 (NVIDIA H100)" in text.getvalue()
@@ -505,20 +576,138 @@ def _jnd_run(path: Path, d: np.ndarray, same: np.ndarray) -> Path:
     return path
 
 
-def test_jnd_runs_pair_on_distances(tmp_path):
-    """JND AP is set-level: compare pairs the runs on per-item distances (bootstrap of the AP difference)."""
-    from percepbench.stats import paired_ap_comparison
+def voc_ap(d: np.ndarray, same: np.ndarray) -> float:
+    """Oracle: VOC all-point AP of the "same" pairs ranked by ascending distance (hard labels).
 
+    Each hit adds 1/P times the best precision at its rank or any later rank. Tied distances here are only
+    copies of one pair (bootstrap draws), which this per-rank sum handles like one threshold.
+    """
+    order = np.argsort(d, kind="stable")
+    hits = same[order]
+    precision = np.cumsum(hits) / np.arange(1, d.size + 1)
+    best_from_here = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(best_from_here[hits == 1].sum() / hits.sum())
+
+
+def test_voc_ap_oracle_by_hand():
+    # ranks: hit, miss, hit -> precisions 1, 1/2, 2/3; AP = (1 + 2/3) / 2
+    assert voc_ap(np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 1.0])) == pytest.approx(5 / 6)
+    # interpolation: the miss at rank 1 is lifted by the later precision 2/3 -> AP = (2/3 + 2/3) / 2
+    assert voc_ap(np.array([0.1, 0.2, 0.3]), np.array([0.0, 1.0, 1.0])) == pytest.approx(2 / 3)
+
+
+def test_jnd_runs_pair_on_distances(tmp_path):
+    """JND AP is set-level: compare pairs the runs on per-item distances (bootstrap of the AP difference).
+    Oracles: a hand-written VOC AP, scipy's paired bootstrap and scipy's paired permutation test."""
     rng = np.random.default_rng(3)
     same = (rng.random(400) < 0.5).astype(float)
     good = np.where(same > 0, rng.random(400) * 0.6, 0.4 + rng.random(400) * 0.6)
     worse = np.where(rng.random(400) < 0.5, rng.random(400), good)  # half the pairs get random distances
+    assert np.unique(good).size == np.unique(worse).size == 400  # no tied distances
     base = _jnd_run(tmp_path / "base", good, same)
     same_again = compare_runs(base, _jnd_run(tmp_path / "same", good, same))
     assert same_again.exit_code == 0 and set(same_again.rows["method"]) == {"paired"}
+    assert (same_again.rows["delta"] == 0).all() and (same_again.rows["p_value"] == 1).all()
     c = compare_runs(base, _jnd_run(tmp_path / "worse", worse, same))
     (r,) = c.rows.itertuples()
-    want = paired_ap_comparison(worse, good, same, n_boot=2000, seed=0)
     assert r.method == "paired" and r.status == "regression" and c.exit_code == 1
-    assert r.delta == pytest.approx(want["diff"]) and r.p_value == pytest.approx(want["p_value"])
-    assert r.ci_low == pytest.approx(want["ci_low"]) and r.delta < -5
+
+    def ap_diff(x, y, s):
+        return (voc_ap(x, s) - voc_ap(y, s)) * 100
+
+    assert r.delta == pytest.approx(ap_diff(worse, good, same), abs=1e-9) and r.delta < -5
+    boot = scipy_stats.bootstrap((worse, good, same), ap_diff, paired=True, vectorized=False,
+                                 method="percentile", n_resamples=2000, random_state=0)
+    assert r.ci_low == pytest.approx(boot.confidence_interval.low, abs=1.0)
+    assert r.ci_high == pytest.approx(boot.confidence_interval.high, abs=1.0) and r.ci_high < 0
+    perm = scipy_stats.permutation_test((worse, good), lambda x, y: ap_diff(x, y, same), vectorized=False,
+                                        permutation_type="samples", n_resamples=999, random_state=0)
+    # no swap of the pairs reaches the observed drop: both tests give their smallest p-value
+    assert perm.pvalue == pytest.approx(2 / 1000) and r.p_value == pytest.approx(1 / 2001)
+
+
+# --------------------------------------------------------------------------- schema version 1
+
+
+def test_the_committed_v1_run_compares_with_itself():
+    c = compare_runs(V1_RUN, V1_RUN)
+    assert len(c.rows) == 27 and set(c.rows["method"]) == {"paired"} and set(c.rows["status"]) == {"ok"}
+    assert (c.rows["delta"] == 0).all() and c.exit_code == 0
+    assert c.header()[3] == ("device", "cpu", "cpu")  # v1 wrote an empty device_name on the CPU
+
+
+@pytest.mark.slow
+def test_a_new_run_reproduces_the_committed_v1_run(tmp_path):
+    """The v1 run directory was written by psnr, ssim and a random-weight lpips on severity2afc
+    (2 triplets per family, 50 bootstrap draws, seed 0): today's runner gives the same psnr and ssim rows."""
+    from percepbench.config import RunConfig
+    from percepbench.runner import run
+
+    v1 = load_results(V1_RUN)
+    run(RunConfig(metrics=["psnr", "ssim"], tasks=["severity2afc"], n_boot=v1.meta["config"]["n_boot"],
+                  task_args=v1.meta["config"]["task_args"], seed=v1.meta["seed"], progress=False,
+                  out=str(tmp_path / "new")))
+    c = compare_runs(V1_RUN, tmp_path / "new", allow_missing=True)
+    kept = c.rows[c.rows["metric"] != "lpips.alex"]
+    assert len(kept) == 18 and set(kept["method"]) == {"paired"} and (kept["delta"] == 0).all()
+    assert set(c.rows.loc[c.rows["metric"] == "lpips.alex", "status"]) == {"info"} and c.exit_code == 0
+    new = load_results(tmp_path / "new")
+    pd.testing.assert_frame_equal(new.records.reset_index(drop=True),
+                                  v1.records[v1.records["metric"] != "lpips.alex"].reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- outputs never overwrite a run
+
+
+@pytest.mark.parametrize("victim", ["baseline/results.json", "new/results.json", "new/samples.parquet",
+                                    "baseline/report/report.html", "new/notes.txt", "new", "new/report/new.md"])
+def test_outputs_refuse_an_input_runs_files(tmp_path, baseline, base_samples, capsys, victim):
+    new = write_run(tmp_path / "new", base_samples)
+    (baseline / "report").mkdir()
+    (baseline / "report" / "report.html").write_text("<html>")
+    (new / "notes.txt").write_text("mine")
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    target = tmp_path / victim
+    for flag in ("--junit", "--markdown"):
+        assert main(["compare", str(baseline), str(new), flag, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"percepbench compare: error: {flag} {target}: refusing to write") and "input run" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files  # nothing written anywhere
+    with pytest.raises(UsageError, match="refusing to write"):
+        write_outputs(compare_runs(baseline, new), junit=target, step_summary=None)
+    # a link pointing at a run file is refused too
+    link = tmp_path / "link.xml"
+    link.symlink_to(baseline / RESULTS_FILE)
+    assert main(["compare", str(baseline), str(new), "--junit", str(link)]) == 2
+    assert (baseline / RESULTS_FILE).read_bytes() == files[baseline / RESULTS_FILE]
+
+
+def test_outputs_refused_before_incomparable_inputs_write_the_error(tmp_path, baseline, base_samples, capsys):
+    """Incomparable inputs write the error into the outputs, but never into a run's files either."""
+    new = write_run(tmp_path / "new", base_samples)
+    (new / RESULTS_FILE).write_text("{not json")
+    before = (baseline / RESULTS_FILE).read_bytes()
+    assert main(["compare", str(baseline), str(new), "--junit", str(baseline / RESULTS_FILE)]) == 2
+    assert "refusing to write" in capsys.readouterr().err and (baseline / RESULTS_FILE).read_bytes() == before
+
+
+def test_new_files_in_a_run_directory_are_allowed_and_rewritable(tmp_path, baseline, base_samples, capsys):
+    """The CI recipe writes compare.xml and compare.md into the new run's folder, and a rerun overwrites them."""
+    new = write_run(tmp_path / "new", flip(base_samples, "m_b", "s1", 16, to=0.0))
+    junit, md = new / "compare.xml", new / "compare.md"
+    for _ in range(2):
+        assert main(["compare", str(baseline), str(new), "--junit", str(junit), "--markdown", str(md)]) == 1
+        ET.parse(junit)
+        assert md.read_text().startswith("## percepbench compare: FAIL")
+    capsys.readouterr()
+    # the error outputs of incomparable inputs are compare's own too
+    (tmp_path / "bad").mkdir()
+    assert main(["compare", str(baseline), str(tmp_path / "bad"), "--junit", str(junit)]) == 2
+    assert main(["compare", str(baseline), str(new), "--junit", str(junit)]) == 1
+    capsys.readouterr()
+
+
+def test_junit_and_markdown_must_differ(tmp_path, baseline, capsys):
+    out = tmp_path / "same.txt"
+    assert main(["compare", str(baseline), str(baseline), "--junit", str(out), "--markdown", str(out)]) == 2
+    assert "--junit and --markdown name the same file" in capsys.readouterr().err and not out.exists()

@@ -87,7 +87,8 @@ def browser(pytestconfig):
 
 @pytest.fixture(scope="module")
 def report_url(tmp_path_factory):
-    run = make_run(tmp_path_factory.mktemp("browser") / "run",
+    # 4 items per subset: the records table's n column holds 4 (a subset), 12 (pooled) and 40 (odd-one-out)
+    run = make_run(tmp_path_factory.mktemp("browser") / "run", per_subset=4,
                    metrics=("alpha", "beta.v1", "<script>alert(1)</script>", "zeta"))
     return build_report(run)["html"].resolve().as_uri()
 
@@ -112,7 +113,7 @@ def test_page_loads_without_errors_or_network(loaded):
     assert loaded.errors == []
     assert [u for u in loaded.requests if not u.startswith(("file://", "data:"))] == []
     assert page.title().startswith("percepbench report")
-    assert page.locator("figure svg").count() == 9
+    assert page.locator("figure svg").count() == 6  # scores, agreement and margins of two tasks
     assert page.get_by_text("<script>alert(1)</script>").count() >= 1  # shown as text, never run
 
 
@@ -136,10 +137,11 @@ def test_table_sorts_on_header_click(loaded):
     desc = [float(v) for v in _column(page, table, 1)]
     assert desc == sorted(asc, reverse=True)
     assert page.get_attribute(f"#{table} th:nth-child(2)", "aria-sort") == "descending"
-    # numbers sort as numbers, not text: the n column of the retrieval table ("200") and CI cells
-    page.click("#head-toyretrieval th:nth-child(2)")
-    recall = [float(v) for v in _column(page, "head-toyretrieval", 1)]
-    assert recall == sorted(recall)
+    # numbers sort as numbers, not text: "4" < "12" < "40" in the n column of the records table
+    page.click("#records summary")  # the records table sits in a closed <details>
+    page.click("#records-table th:nth-child(7)")
+    counts = [int(float(v)) for v in _column(page, "records-table", 6)]
+    assert counts == sorted(counts) and {4, 12, 40} <= set(counts)
     assert loaded.errors == []
 
 

@@ -22,16 +22,15 @@ from percepbench.reports import figures as F
 from percepbench.reports.build import collect
 from percepbench.results import RunResults, load_results, records_frame, write_results
 
-from report_data import ATTRIBUTES, KS, STRENGTHS, SUBSETS, make_run
+from report_data import SUBSETS, make_run
 
 EVIL = "<script>alert(1)</script>"
 METRICS = ("alpha", "beta.v1", EVIL, "pipe|metric")
 TASK_FIGURES = {
     "toy2afc": ["scores", "agreement", "margins"],
     "toyodd": ["scores", "agreement", "margins"],
-    "toyretrieval": ["retrieval"],
-    "toyattrs": ["attribute_curves", "attribute_sensitivity"],
 }
+V1_RUN = Path(__file__).parent / "data" / "v1_run"
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +119,29 @@ def test_incomplete_run_without_samples(tmp_path):
     out = build_report(run)
     stems = {p.stem for p in out["figures"]}
     assert not any(s.startswith(("agreement_", "margins_")) for s in stems)
-    assert {"scores_toy2afc", "scores_toyodd", "retrieval_toyretrieval"} <= stems
+    assert stems == {"scores_toy2afc", "scores_toyodd"}
     html, md = out["html"].read_text(), out["markdown"].read_text()
     for text in (html, md):
         assert "no per-item samples" in text
         assert "incomplete" in text
     assert "**incomplete**" in md
+
+
+def test_the_committed_v1_run_reports(tmp_path):
+    """A run directory written by schema version 1 (tests/data/v1_run) still gives the full report."""
+    out = build_report(V1_RUN, tmp_path / "report")
+    stems = {p.stem for p in out["figures"]}
+    assert stems == {"scores_severity2afc", "agreement_severity2afc", "margins_severity2afc"}
+    md = out["markdown"].read_text()
+    # pooled 2AFC accuracy of the v1 records, best first (a tie ordered by name), as written in the file:
+    # lpips.alex 93.75 [81.25, 100], ssim 93.75 [76.40625, 100], psnr 87.5 [75, 100], 16 items each
+    rows = re.findall(r"^\| (\S+) \| ([\d.]+) \| \[([\d.]+), ([\d.]+)\] \| (\d+) \|$", md, flags=re.M)
+    assert rows == [("lpips.alex", "93.8", "81.2", "100.0", "16"), ("ssim", "93.8", "76.4", "100.0", "16"),
+                    ("psnr", "87.5", "75.0", "100.0", "16")]
+    assert "8 per-subset columns in report.html" in md and "## Failures\n\nNone." in md
+    html = out["html"].read_text()
+    assert "bundled photographs" in html and "Run complete." in html
+    assert sorted(p.name for p in V1_RUN.iterdir()) == ["results.json", "samples.parquet"]  # nothing written there
 
 
 def test_run_that_has_not_scored_anything_yet(tmp_path):
@@ -374,50 +390,6 @@ def test_margin_counts_in_report_match_samples(built):
     assert counts["tie"] == (s["score"] == 0.5).sum() == 2 * len(SUBSETS)  # one tie, one p = 0.5 each
 
 
-# ------------------------------------------------------------------------------ retrieval, attributes
-
-def curves(fig) -> list:
-    return [line for ax in fig.axes for line in ax.lines if str(line.get_gid() or "").startswith("curve:")]
-
-
-def test_retrieval_record_convention(built):
-    run, _ = built
-    res = load_results(run)
-    frame = F.retrieval_frame(res.records, "toyretrieval")
-    assert set(frame["family"]) == {"recall", "precision", "map"} and sorted(set(frame["k"])) == list(KS)
-    pal = metric_palette(METRICS)
-    fig = F.retrieval_figure(res.records, "toyretrieval", palette=pal)
-    lines = curves(fig)
-    assert len(lines) == 3 * 3 * len(METRICS)  # subsets (all, objects, scenes) x families x metrics
-    assert fig.axes[0].get_title() == "all: recall@k (n=200 queries)"
-    first = [line for line in lines if line.get_gid().startswith("curve:0:0:")]
-    names = sorted(METRICS)
-    for line in first:
-        metric = names[int(line.get_gid().rsplit(":", 1)[1])]
-        rec = frame[(frame["subset"] == "all") & (frame["family"] == "recall") & (frame["metric"] == metric)]
-        np.testing.assert_allclose(line.get_ydata(), rec.sort_values("k")["value"])
-        assert line.get_color() == pytest.approx(pal[metric])
-    assert F.retrieval_figure(res.records, "toy2afc", palette=pal) is None
-
-
-def test_attribute_record_convention(built):
-    run, _ = built
-    res = load_results(run)
-    pal = metric_palette(METRICS)
-    fig = F.attribute_curve_figure(res.records, "toyattrs", palette=pal)
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in visible] == [f"{a} (n=50)" for a in ATTRIBUTES]
-    lines = curves(fig)
-    assert len(lines) == len(ATTRIBUTES) * len(METRICS)
-    assert all(list(line.get_xdata()) == list(STRENGTHS) for line in lines)
-    fig, mat = F.attribute_sensitivity_figure(res.records, "toyattrs")
-    assert mat.shape == (len(METRICS), len(ATTRIBUTES)) and list(mat.columns) == list(ATTRIBUTES)
-    sens = res.records[(res.records["task"] == "toyattrs") & (res.records["measure"] == "sensitivity")]
-    for _, r in sens.iterrows():
-        assert mat.loc[r["metric"], r["subset"]] == pytest.approx(r["value"])
-    assert len(fig.axes[0].texts) == mat.size
-
-
 def test_palette_is_deterministic_and_distinct():
     names = [f"m{i}" for i in range(30)]
     assert metric_palette(names) == metric_palette(reversed(names))
@@ -465,7 +437,7 @@ def test_html_holds_tables_metadata_protocol_and_failures(built):
     html = out["html"].read_text()
     res = load_results(run)
     assert '<table id="head-toy2afc" class="sortable">' in html
-    for key in ("percepbench_version", "git_sha", "torch_version", "started", "finished", "seed"):
+    for key in ("percepbench_version", "git_sha", "torch_version", "started", "finished", "seed", "cpu_model"):
         assert str(res.meta[key]) in html, key
     assert "224x224 bicubic" in html and "synthetic &lt;toyodd&gt;" in html  # protocol and task protocol
     assert "Run complete." in html
@@ -506,10 +478,12 @@ def test_markdown_tables_images_and_escaping(built):
 def test_collect_without_figures(built):
     run, _ = built
     content = collect(load_results(run))
-    assert content.tasks == ["toy2afc", "toyodd", "toyretrieval", "toyattrs"]
+    assert content.tasks == ["toy2afc", "toyodd"]
     head = content.headline["toy2afc"][0]
     assert head.columns == ["metric", "all", "95% CI", "n", *SUBSETS]
     values = [r[1] for r in head.rows]
     assert values == sorted(values, reverse=True)
-    assert content.headline["toyretrieval"][0].columns[:4] == ["metric", "recall@1", "recall@5", "recall@10"]
-    assert len(content.failures.rows) == 1
+    odd = content.headline["toyodd"][0]
+    assert odd.columns == ["metric", "val", "95% CI", "n"] and len(odd.rows) == len(METRICS) - 1
+    assert content.failures.rows == [["toyodd", METRICS[-1], "failure",
+                                      "RuntimeError: out of memory | <b>boom</b> & more"]]

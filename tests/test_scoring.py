@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from percepbench.stats import bootstrap_ci
 from percepbench.tasks.base import TwoAFCTask, score_2afc
@@ -80,6 +81,17 @@ def test_bootstrap_ci():
     assert bootstrap_ci(np.full(10, 0.5)) == (0.5, 0.5)
 
 
+def test_bootstrap_ci_agrees_with_scipy():
+    values = np.random.default_rng(4).gamma(2.0, size=150)  # skewed: the percentile CI is not symmetric
+    lo, hi = bootstrap_ci(values, seed=0, n_boot=4000)
+    ref = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20000, random_state=1)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    # two Monte Carlo estimates of the same percentiles; an endpoint drawn 4000 times varies by about
+    # se * sqrt(0.025 * 0.975 / 4000) / phi(1.96) = 0.04 se, so 0.2 se is five of those
+    assert lo == pytest.approx(ref.confidence_interval.low, abs=0.2 * se)
+    assert hi == pytest.approx(ref.confidence_interval.high, abs=0.2 * se)
+
+
 def test_paired_comparison_hand_cases():
     from percepbench.stats import paired_comparison
 
@@ -88,6 +100,9 @@ def test_paired_comparison_hand_cases():
     assert r["diff"] == pytest.approx(0.75)
     assert r["p_value"] == pytest.approx(0.25, abs=0.03)
     assert r["ci_low"] <= 0.75 <= r["ci_high"]
+    # six items, all in A's favour: only the two all-equal sign patterns reach |mean|, exact p = 2 / 2**6
+    six = paired_comparison(np.ones(6), np.zeros(6), n_perm=4000, seed=0)
+    assert six["p_value"] == pytest.approx(2 / 64, abs=4 * np.sqrt(2 / 64 * 62 / 64 / 4000))
     same = paired_comparison(np.full(10, 0.5), np.full(10, 0.5))
     assert same == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
     rng = np.random.default_rng(0)
