@@ -1,4 +1,23 @@
-"""Image I/O for the data layer: files and arrays to uint8 CHW tensors, and the per-metric resize."""
+"""Image I/O for the data layer: files and arrays to uint8 CHW tensors, and the per-metric resize.
+
+Every image becomes 8-bit RGB through :func:`to_rgb`, which decodes by PIL mode:
+
+- 8-bit modes (``1``, ``L``, ``LA``, ``P`` with or without transparency, ``PA``, ``RGB``, ``RGBA``, ``RGBX``,
+  ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``): PIL's ``convert("RGB")``, exactly what the official DreamSim
+  preprocess does. Alpha and palette transparency are dropped, not composited: a pixel keeps its stored
+  colour whatever its alpha. ``LAB`` converts through LittleCMS where Pillow supports it.
+- 16-bit greyscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``: 16-bit PNG and TIFF files) and 32-bit
+  integers (``I``: what Pillow gives for 16-bit PGM files, and integer TIFFs): values are 16-bit
+  intensities, 0..65535, mapped to the nearest 8-bit level, ``round(v / 257)`` (65535 -> 255,
+  32768 -> 128). An ``I`` image with a value outside [0, 65535] is refused.
+- 32-bit float (``F``, e.g. float TIFFs): values are intensities in [0, 1], mapped to ``round(255 f)``
+  (0.5 -> 128). A value outside [0, 1], NaN or infinite, is refused (no clipping, no guessing a 0..255 scale).
+- Any mode PIL cannot convert to RGB (``La``, ...) is refused.
+
+Refusals are :class:`~percepbench.errors.DataError` naming the file (or the image's ``filename``), the mode
+and the problem. 16-bit RGB(A) PNGs never reach these rules: Pillow's decoder itself keeps the high byte of
+each 16-bit sample and hands over an 8-bit ``RGB``/``RGBA`` image.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +38,84 @@ _PIL_INTERPOLATION = {
 }
 
 
+#: PIL modes holding unsigned 16-bit greyscale samples
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+#: 8-bit modes PIL always converts to RGB (other modes are checked with a 1x1 image first)
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"})
+_SIXTEEN_BIT_MAX = 65535
+
+
+def decode_problem(im: Image.Image) -> str | None:
+    """Why :func:`to_rgb` refuses ``im`` (its values or its mode), or None when it decodes it.
+
+    Reads the pixels of ``I`` and ``F`` images only (their values decide); other modes by name.
+    """
+    mode = im.mode
+    if mode == "I":
+        values = np.asarray(im)
+        if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_MAX):
+            return (f"32-bit integer image (PIL mode I) holds values from {values.min()} to {values.max()}; "
+                    f"percepbench reads integer images as 16-bit intensities in [0, {_SIXTEEN_BIT_MAX}]: "
+                    "rescale it, or save it as 8- or 16-bit")
+    elif mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        finite = np.isfinite(values)
+        if not finite.all() or values.min() < 0.0 or values.max() > 1.0:
+            shown = values[finite]
+            span = f"from {shown.min():g} to {shown.max():g}" if shown.size else "no finite value"
+            extra = f" and {int((~finite).sum())} NaN or infinite value(s)" if not finite.all() else ""
+            return (f"float image (PIL mode F) holds values {span}{extra}; percepbench reads float images as "
+                    "intensities in [0, 1]: rescale it to [0, 1] (a 0..255 image: divide by 255), or save it "
+                    "as 8- or 16-bit")
+    elif mode not in EIGHT_BIT_MODES and mode not in SIXTEEN_BIT_MODES:
+        try:
+            Image.new(mode, (1, 1)).convert("RGB")
+        except ValueError as exc:
+            return f"PIL mode {mode} cannot be converted to RGB ({exc}); save the image as 8-bit RGB or greyscale"
+    return None
+
+
+def _grey_to_rgb(levels: np.ndarray) -> Image.Image:
+    """Float array of 8-bit levels (already in [0, 255]) -> RGB image, rounding half up."""
+    eight = np.floor(levels + 0.5).astype(np.uint8)
+    return Image.fromarray(np.repeat(eight[..., None], 3, axis=2))
+
+
+def to_rgb(im: Image.Image, source: str | Path | None = None) -> Image.Image:
+    """A new 8-bit RGB image holding ``im``, decoded by its PIL mode (the rules in the module docstring).
+
+    ``source`` names the image in error messages (default: ``im.filename`` when PIL opened it from a file).
+    Raises :class:`DataError` for a float image outside [0, 1], an ``I`` image outside [0, 65535], or a
+    mode PIL cannot convert (:func:`decode_problem` says which).
+    """
+    name = str(source) if source is not None else (getattr(im, "filename", "") or "image")
+    problem = decode_problem(im)
+    if problem is not None:
+        raise DataError(f"{name}: {problem}")
+    mode = im.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        return _grey_to_rgb(np.asarray(im).astype(np.float64) / (_SIXTEEN_BIT_MAX / 255.0))
+    if mode == "F":
+        return _grey_to_rgb(np.asarray(im, dtype=np.float64) * 255.0)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # the same colours as convert("RGB"), without PIL's transparency warning
+    try:
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise DataError(f"{name}: PIL mode {mode} cannot be converted to RGB ({exc})") from exc
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB. Raises :class:`DataError` naming the file if it is missing or unreadable."""
+    """Open an image file as 8-bit RGB (:func:`to_rgb`).
+
+    Raises :class:`DataError` naming the file if it is missing, unreadable, or refused by :func:`to_rgb`.
+    """
     p = Path(path)
     try:
         with Image.open(p) as im:
-            return im.convert("RGB")
+            return to_rgb(im, p)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise DataError(f"{p}: image file not found") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -32,8 +123,8 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
-    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """PIL image of any mode -> uint8 tensor (3, H, W), decoded by :func:`to_rgb`."""
+    arr = np.asarray(to_rgb(im), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

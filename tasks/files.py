@@ -2,8 +2,9 @@
 
 A file task resolves, in ``prepare``, one absolute path per (item, slot), checks that every file exists
 and that its header can be read (first few problems reported, each naming the file), and records every
-image's size. ``dataset(inputs)`` then serves the files through :func:`percepbench.images.load_rgb` and
-:func:`percepbench.images.apply_convention` (the metric's own resize), as uint8 (3, H, W) tensors.
+image's size (integer and float images are also checked for values :func:`percepbench.images.to_rgb`
+decodes). ``dataset(inputs)`` then serves the files through :func:`percepbench.images.load_rgb` (decoded by
+PIL mode) and :func:`percepbench.images.apply_convention` (the metric's own resize), as uint8 (3, H, W) tensors.
 
 Images batched together must share one size: a metric with a fixed input size gets every image resized to
 it; a metric that takes native-size images gets the files as they are, so when the files differ in size
@@ -27,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from percepbench.errors import DataError
-from percepbench.images import apply_convention, load_rgb, pil_to_tensor
+from percepbench.images import apply_convention, decode_problem, load_rgb, pil_to_tensor
 from percepbench.specs import InputConvention
 from percepbench.tasks.base import Task, TwoAFCTask
 
@@ -92,9 +93,13 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, lo: float | 
 
 
 def _probe(path: str) -> tuple[str, tuple[int, int] | str]:
-    """``("ok", (w, h))``, ``("missing", "")`` or ``("unreadable", reason)`` from the image header only."""
+    """``("ok", (w, h))``, ``("missing", "")`` or ``("unreadable", reason)`` from the image header (and the
+    pixels of integer and float images, whose values decide whether they decode: :func:`decode_problem`)."""
     try:
         with Image.open(path) as im:
+            problem = decode_problem(im)
+            if problem is not None:
+                return "unreadable", problem
             return "ok", im.size
     except FileNotFoundError:
         return "missing", ""
@@ -108,8 +113,10 @@ def check_files(paths: Sequence[str], *, what: str, hint: str = "", num_workers:
     """Check that every file exists and has a readable image header; return a Counter of sizes ``(w, h)``.
 
     Raises :class:`DataError` listing the first few missing files (with their count), then, if none is
-    missing, the first few unreadable ones. Only headers are read: a file damaged past its header fails
-    later, when it is loaded, with a :class:`DataError` naming it.
+    missing, the first few unreadable ones: no image header, or an image :func:`percepbench.images.to_rgb`
+    refuses (a float image outside [0, 1], an unconvertible mode, ...). Only headers are read, plus the
+    pixels of integer and float images: a file damaged past its header fails later, when it is loaded,
+    with a :class:`DataError` naming it.
     """
     unique = list(dict.fromkeys(paths))
     workers = max(1, min(32, 4 * max(1, num_workers)))

@@ -37,17 +37,34 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from percepbench.data import download_command
 from percepbench.errors import DataError
 from percepbench.registry import register_task
 from percepbench.specs import TaskSpec
 from percepbench.stats import bootstrap_statistic_ci, jnd_average_precision, paired_ap_comparison
-from percepbench.tasks.bapps import HOW_TO_GET, bapps_dataset_root, paired_by_stem, read_fraction
+from percepbench.tasks.bapps import bapps_dataset_root, how_to_get, paired_by_stem, read_fraction
 from percepbench.tasks.base import ALL_SUBSET, Task
 from percepbench.tasks.files import FileTask, split_list
 
 JND_SUBSETS = ("traditional", "cnn")
 JND_FOLDERS = ("p0", "p1")
+
+
+def require_same_pairs(items: pd.DataFrame, what: str) -> None:
+    """:class:`DataError` unless every subset of ``items`` has a pair judged "same" (``same`` > 0).
+
+    Recall divides by the sum of ``same``, so without such a pair the average precision is undefined
+    (:func:`~percepbench.stats.jnd_average_precision` gives NaN); a task refuses that set instead of
+    recording a NaN score. The pooled set has a positive whenever every subset has one.
+    """
+    positives = items.groupby("subset", sort=False)["same"].sum()
+    empty = [str(s) for s, total in positives.items() if not total > 0]
+    if not empty:
+        return
+    where = ("no pair" if len(positives) == 1
+             else "no pair in " + ", ".join(f"subset {s!r}" for s in empty))
+    raise DataError(f"{what}: {where} is judged 'same' (every 'same' is 0), so the JND average precision is "
+                    "undefined there: it ranks the pairs people call the same and needs at least one pair judged "
+                    "'same' > 0" + (" in every subset" if len(positives) > 1 else ""))
 
 
 class JNDTask(Task):
@@ -63,6 +80,7 @@ class JNDTask(Task):
 
     def score(self, samples: pd.DataFrame, *, seed: int = 0, n_boot: int = 1000) -> list[dict[str, Any]]:
         """AP x 100 per subset and over the union (``all``), each with a bootstrap CI of the AP."""
+        require_same_pairs(samples, self.spec.name if self.spec else type(self).__name__)
         d = samples["d"].to_numpy(dtype=np.float64)
         s = samples["same"].to_numpy(dtype=np.float64)
         subsets = samples["subset"].to_numpy()
@@ -107,8 +125,7 @@ class BAPPSJND(FileJNDTask):
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
         root, data_base, note = bapps_dataset_root(self.root, data_root)
-        hint = (HOW_TO_GET if data_base is None
-                else f"Run `{download_command('bapps', data_base, ['jnd'])}` to download it. {HOW_TO_GET}")
+        hint = how_to_get(data_base, ["jnd"])
         base = root / "jnd" / "val"
         if not base.is_dir():
             raise DataError(f"{base}: BAPPS JND folder not found{note}. {hint}")
@@ -122,7 +139,9 @@ class BAPPSJND(FileJNDTask):
                 rows.append({"item": f"{subset}/{stem}", "subset": subset,
                              "same": read_fraction(found["same"][stem], "JND 'same'"), "stem": stem})
                 paths.append(tuple(str(found[name][stem]) for name in JND_FOLDERS))
-        self._finish(pd.DataFrame(rows), paths, what=f"BAPPS JND ({base})", num_workers=num_workers)
+        items = pd.DataFrame(rows)
+        require_same_pairs(items, f"BAPPS JND ({base})")
+        self._finish(items, paths, what=f"BAPPS JND ({base})", num_workers=num_workers)
         self._protocol = {
             "dataset": "BAPPS JND (LPIPS, Zhang et al. 2018)",
             "root": str(root),
@@ -141,7 +160,7 @@ register_task(TaskSpec(
     target="percepbench.tasks.jnd:BAPPSJND",
     description="BAPPS JND human judgments (LPIPS paper): VOC average precision of 'same' pairs by "
                 "distance, subsets traditional/cnn; options subsets (a+b), root",
-    kind="jnd", measure="jnd_map", needs_data=True, offline=True,
+    kind="jnd", measure="jnd_map", needs_data=True,
     licence="BAPPS: BSD-2-Clause (richzhang/PerceptualSimilarity)",
     citation="Zhang et al., The Unreasonable Effectiveness of Deep Features as a Perceptual Metric, CVPR 2018",
 ))

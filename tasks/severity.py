@@ -9,7 +9,9 @@ scores 100; chance is 50. It checks that a metric responds monotonically to the 
 distortion, family by family; it says nothing about agreement with people (use ``nights`` / ``bapps``).
 
 Triplets are generated at run time, deterministically from ``seed``: triplet ``k`` of family ``f`` draws
-its photo, a crop that is not flat (pixel std >= 0.05), two severities (uniform in [0.05, 1], at least 0.15 apart), the side of the milder one,
+its photo (among those large enough for the crop plus the room rotation and translation need: all of
+them up to ``size=212``; above that every photo but the 300 px tall chelsea), a crop that is not flat
+(pixel std >= 0.05), two severities (uniform in [0.05, 1], at least 0.15 apart), the side of the milder one,
 and each image's own direction/sign (colour-shift direction, shift direction, rotation sign, brightening
 or darkening) from ``numpy.random.default_rng([seed, f, k])``, so the set is the same whatever the number
 of loader workers. Independent directions keep the task from being a pure "same edit, more of it" test.
@@ -34,6 +36,7 @@ from percepbench.registry import register_task
 from percepbench.specs import InputConvention, TaskSpec
 from percepbench.tasks.base import TwoAFCTask
 from percepbench.tasks.distortions import FAMILIES, MAX_SHIFT, crop_offset, draw_params
+from percepbench.tasks.files import split_list
 
 #: (package, file) of the bundled colour photographs used as sources
 PHOTOS: tuple[tuple[str, str], ...] = (
@@ -66,11 +69,31 @@ def _context_size(size: int) -> int:
     return int(np.ceil(size * 1.25)) + 2 * MAX_SHIFT + 2
 
 
+@cache
+def photos_for(size: int) -> tuple[int, ...]:
+    """Indices into :data:`PHOTOS` of the photographs that hold a context window for ``size`` px crops.
+
+    The window is the crop plus room for rotation and translation (``_context_size``). Every photo holds it
+    up to 212 px; above that, chelsea (300 px tall) is left out.
+    """
+    ctx = _context_size(size)
+    return tuple(i for i in range(len(PHOTOS)) if min(_photo_size(i)) >= ctx)
+
+
+@cache
+def _photo_size(index: int) -> tuple[int, int]:
+    """``(width, height)`` of bundled photograph ``index``, from its header."""
+    package, name = PHOTOS[index]
+    with importlib.resources.as_file(importlib.resources.files(package) / name) as path, Image.open(path) as im:
+        return im.size
+
+
 def make_triplet(seed: int, family_index: int, k: int, size: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Triplet ``k`` of family ``family_index``: uint8 array (3 slots, H, W, 3) and its item row."""
     family = list(FAMILIES.values())[family_index]
     rng = np.random.default_rng([seed, family_index, k])
-    photo_index = int(rng.integers(len(PHOTOS)))
+    eligible = photos_for(size)  # all photos up to 212 px, so those sizes draw what they always drew
+    photo_index = eligible[int(rng.integers(len(eligible)))]
     photo = load_photo(photo_index)
     ctx = _context_size(size)
     c0 = (ctx - size) // 2
@@ -152,12 +175,11 @@ class Severity2AFC(TwoAFCTask):
 
     def __init__(self, per_family: int = 32, size: int = 128, families: list[str] | str | None = None,
                  seed: int | None = None) -> None:
-        if isinstance(families, str):
-            families = [f.strip() for f in families.split(",") if f.strip()]
-        families = list(families or FAMILIES)
+        families = split_list(families) or list(FAMILIES)  # a string: "blur+noise", as bapps' subsets
         unknown = [f for f in families if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"unknown distortion families {unknown}; known: {', '.join(FAMILIES)}")
+            raise ValueError(f"unknown distortion families {unknown}; known: {', '.join(FAMILIES)} "
+                             "(separate several with '+', e.g. families=blur+noise)")
         if int(per_family) < 1:
             raise ValueError(f"per_family must be >= 1, got {per_family}")
         if not 16 <= int(size) <= 256:
@@ -214,7 +236,7 @@ register_task(TaskSpec(
     target="percepbench.tasks.severity:Severity2AFC",
     description="Offline default: 2AFC on bundled photos, two severities of one distortion; proxy labels "
                 "(milder = closer), a monotonicity sanity check, not human judgments",
-    kind="2afc", measure="2afc_accuracy", needs_data=False, offline=True,
+    kind="2afc", measure="2afc_accuracy", needs_data=False,
     licence="images: scikit-image data (BSD-3 / public domain / CC0 as listed in skimage/data/README.txt), "
             "scikit-learn sample images (CC BY 2.0 / public domain)",
 ))

@@ -87,3 +87,46 @@ def test_protocol_says_proxy_labels():
     proto = task.protocol()
     assert "proxy" in proto["labels"] and "not human" in proto["labels"]
     assert proto["families"] == {"jpeg": FAMILIES["jpeg"].description}
+
+
+def _allowed_sizes():
+    """The documented size range, read from the task's own checks: 16..256 px."""
+    for bad in (15, 257):
+        with pytest.raises(ValueError, match="size must be between 16 and 256"):
+            create_task("severity2afc", size=bad)
+    return range(16, 257)
+
+
+def test_every_allowed_size_generates_triplets():
+    # sizes 213..256 used to fail with "ValueError: high <= 0" whenever chelsea (300 px tall) was drawn
+    family = list(FAMILIES).index("translate")  # the cheapest family; the crop is the same for all
+    for size in _allowed_sizes():
+        ctx = int(np.ceil(size * 1.25)) + 2 * 16 + 2
+        c0 = (ctx - size) // 2
+        for k in range(10):
+            stack, row = make_triplet(0, family, k, size)
+            assert stack.shape == (3, size, size, 3), (size, k)
+            photo = load_photo([n for _, n in PHOTOS].index(row["photo"]))
+            top, left = row["crop_top"], row["crop_left"]
+            # the whole context window (the crop plus room for rotation and translation) lies in the photo
+            assert top >= 0 and left >= 0 and top + ctx <= photo.shape[0] and left + ctx <= photo.shape[1]
+            assert np.array_equal(stack[0], photo[top + c0:top + c0 + size, left + c0:left + c0 + size])
+
+
+def test_photos_too_small_for_a_size_are_skipped_only_there():
+    chelsea = [n for _, n in PHOTOS].index("chelsea.png")
+    assert load_photo(chelsea).shape[:2] == (300, 451)
+    family = list(FAMILIES).index("translate")
+    drawn = {size: {make_triplet(0, family, k, size)[1]["photo"] for k in range(60)} for size in (212, 213, 256)}
+    assert "chelsea.png" in drawn[212]  # its 299 px context fits in 300 px
+    assert "chelsea.png" not in drawn[213] and "chelsea.png" not in drawn[256]
+    assert len(drawn[256]) == len(PHOTOS) - 1  # every other photo is still drawn
+    # a size every photo fits keeps the triplets it always had (same photo draw as before the size rule)
+    assert [make_triplet(3, 2, k, 64)[1]["photo"] for k in range(8)] == \
+        [PHOTOS[int(np.random.default_rng([3, 2, k]).integers(len(PHOTOS)))][1] for k in range(8)]
+
+
+def test_large_size_runs_through_the_task():
+    task = prepared(per_family=6, families=["rotate"], size=224)  # seed 0: triplet 5 used to draw chelsea
+    assert task.images.shape == (6, 3, 3, 224, 224)
+    assert "chelsea.png" not in set(task.items["photo"])
