@@ -27,7 +27,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics", "-m", help="comma-separated metric names or globs (default: all usable offline)")
     p.add_argument("--tasks", "-t", help="comma-separated task names or globs (default: severity2afc)")
-    p.add_argument("--out", "-o", help="output directory (default: runs/<timestamp>); never overwritten")
+    p.add_argument("--out", "-o", help="output directory (default: runs/<timestamp>); one run at a time, and its "
+                                       "results are overwritten only with --overwrite")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run whose results --out holds: its finished (task, metric) pairs are kept, "
+                        "the others run; metrics, tasks, their options, seed, precision and n-boot must match")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the results --out holds (results.json, samples.parquet and the report's files "
+                        "are removed; other files stay)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default), or run the metrics under torch.autocast in bf16/fp16 (faster on GPUs; "
@@ -38,10 +45,12 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for generated tasks and bootstrap CIs (default 0)")
     p.add_argument("--data-root", help="root of downloaded datasets (default: $PERCEPBENCH_DATA)")
     p.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
-    p.add_argument("--metric-args", action="append", metavar="NAME:KEY=VALUE",
-                   help="per-metric option, repeatable (e.g. ms_ssim:scales=3)")
-    p.add_argument("--task-args", action="append", metavar="NAME:KEY=VALUE",
-                   help="per-task option, repeatable (e.g. severity2afc:per_family=8)")
+    p.add_argument("--metric-args", action="append", metavar="NAME:KEY=VALUE,...",
+                   help="per-metric options, repeatable (e.g. ms_ssim:scales=3); a list value joins its items "
+                        "with '+' (e.g. dreamsim:input_range=-1+1)")
+    p.add_argument("--task-args", action="append", metavar="NAME:KEY=VALUE,...",
+                   help="per-task options, repeatable (e.g. severity2afc:per_family=8,size=64); a list value "
+                        "joins its items with '+' (e.g. severity2afc:families=blur+noise)")
     p.add_argument("--embed-cache", metavar="DIR",
                    help="on-disk embedding cache for embedding metrics on file-based tasks (default: "
                         "$PERCEPBENCH_EMBED_CACHE or <weights cache>/embeddings)")
@@ -66,9 +75,12 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "compare", help="gate on regressions between a baseline run and a new run",
         description="Align the records of two runs by task, subset, metric and measure, and flag a regression "
                     "when a score drops by more than --max-drop points AND the drop is significant at --alpha "
-                    "(paired on per-item samples when both runs have them). Exit 0: no regression; 1: a "
-                    "regression or a baseline row missing from the new run; 2: incompatible or unreadable "
-                    "inputs. The Markdown summary is appended to $GITHUB_STEP_SUMMARY when it is set.")
+                    "(paired on per-item samples when both runs have them); a drop beyond --max-drop whose "
+                    "significance cannot be judged (no CI, no samples) and a NaN or infinite value fail too. "
+                    "Exit 0: nothing fails; 1: a regression, an unjudged drop, a non-finite value or a baseline "
+                    "row missing from the new run; 2: incompatible or unreadable inputs, or an output path that "
+                    "would overwrite a file of either run. The Markdown summary is appended to "
+                    "$GITHUB_STEP_SUMMARY when it is set.")
     p.add_argument("baseline", metavar="BASELINE", help="baseline run directory or results.json")
     p.add_argument("new", metavar="NEW", help="new run directory or results.json")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
@@ -90,7 +102,8 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     for name, text in (("download", "download and extract a dataset (idempotent: present parts are skipped)"),
                        ("verify", "name every missing or unreadable file, with the command that fixes it")):
         q = dsub.add_parser(name, help=text, description=text)
-        q.add_argument("name", metavar="NAME", help="nights, bapps or things")
+        q.add_argument("name", metavar="NAME", help="a dataset: nights, bapps, things, or a plugin's "
+                                                     "(`percepbench data list`)")
         q.add_argument("--root", help="data root (default: $PERCEPBENCH_DATA or ~/.cache/percepbench/data)")
         q.add_argument("--parts", help="comma-separated parts (nights: csv, ref, distort, zip; bapps: jnd, "
                                        "twoafc_val, twoafc_train, all)")
@@ -114,9 +127,11 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
                        description="Manage the weight files of registered metrics (one cache, one downloader).")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION")
     wsub.required = True
-    for name, text in (("list", "files per metric: source URL, size, sha256, present or not"),
+    for name, text in (("list", "files per metric: source (URL, or the installed package that ships it), size, "
+                                "sha256, present or not"),
                        ("download", "download (resume, verify) every file of the named metrics"),
-                       ("verify", "re-hash present files against their known or recorded sha256"),
+                       ("verify", "re-hash present files against their known or recorded sha256 (files "
+                                  "shipped in a package against their known sha256)"),
                        ("path", "print the cache directory, or the paths of a metric's files")):
         q = wsub.add_parser(name, help=text, description=text)
         nargs = "+" if name == "download" else "*"
@@ -161,9 +176,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         "progress": False if args.quiet else None,
         "embed_cache": False if args.no_embed_cache else args.embed_cache,
         "precision": args.precision,
+        "resume": args.resume, "overwrite": args.overwrite,
     }
     config = build_config(file_values, flags)
-    results = run(config)
+    report: dict[str, Any] = {}
+
+    def build(results: Any) -> None:  # called by run() while the run directory is still locked
+        if args.no_report:
+            return
+        from percepbench.reports import build_report
+
+        try:
+            report["written"] = build_report(results.path)
+        except Exception as exc:  # the results are written; a report problem must not hide them
+            report["error"] = exc
+
+    results = run(config, finish=build)
     print(summary_table(results.records))
     failed = results.meta.get("failed") or []
     for f in failed:
@@ -171,18 +199,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} metric/task pair(s) failed; the others' results are complete", file=sys.stderr)
     print(f"\nresults: {results.path}")
-    report_failed = False
-    if not args.no_report:
-        from percepbench.reports import build_report
-
-        try:
-            written = build_report(results.path)
-        except Exception as exc:  # the results are written; a report problem must not hide them
-            report_failed = True
-            print(f"percepbench run: the report could not be built ({type(exc).__name__}: {exc}); the results "
-                  f"are complete, retry with `percepbench report {results.path}`", file=sys.stderr)
-        else:
-            print(f"report:  {written['html']}")
+    report_failed = "error" in report
+    if report_failed:
+        exc = report["error"]
+        print(f"percepbench run: the report could not be built ({type(exc).__name__}: {exc}); the results "
+              f"are complete, retry with `percepbench report {results.path}`", file=sys.stderr)
+    elif "written" in report:
+        print(f"report:  {report['written']['html']}")
     if any(f.get("kind") == "data" for f in failed):
         return EXIT_USAGE  # bad input data (unreadable image, mixed sizes): exit 2, results so far kept
     return EXIT_FAILURE if failed or report_failed else EXIT_OK
@@ -210,14 +233,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from percepbench.data import DATASETS, data_root, download_dataset, verify_dataset
+    from percepbench.data import data_root, download_dataset, trust_notes, verify_dataset
+    from percepbench.registry import DATASETS
 
     if args.data_command == "list":
         root = data_root()
         print(f"data root: {root}")
-        for name, source in DATASETS.items():
+        for source in DATASETS.specs():
+            name = source.name
             present = "present" if not verify_dataset(name, root) else "missing or incomplete"
-            print(f"  {name}: {source.title} ({source.approx_size}; {present})")
+            origin = "" if (where := DATASETS.source(name)) == "builtin" else f" [{where}]"
+            print(f"  {name}: {source.title} ({source.approx_size}; {present}){origin}")
             print(f"      {source.description}")
             parts = list(source.default_parts)
             shown = ", ".join(parts) if len(parts) <= 6 else f"{', '.join(parts[:3])}, ... ({len(parts)} parts)"
@@ -233,6 +259,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     problems = verify_dataset(args.name, args.root, parts=args.parts, deep=args.deep)
     for problem in problems:
         print(f"  PROBLEM  {problem}")
+    for note in trust_notes(args.name, args.root, parts=args.parts):  # what each download was checked against
+        print(f"  sha256   {note}")
     if problems:
         print(f"{args.name}: {len(problems)} problem(s) under {data_root(args.root)}", file=sys.stderr)
         return EXIT_USAGE
@@ -276,9 +304,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from percepbench.download import verify_file
+    from percepbench.download import trust_level
     from percepbench.registry import METRICS
-    from percepbench.weights import cache_dir, ensure_weights, is_present, weight_path
+    from percepbench.weights import cache_dir, ensure_weights, is_present, verify_weight, weight_path
 
     specs = METRICS.select(args.names) if args.names else [s for s in METRICS.specs() if s.weights]
     action = args.weights_command
@@ -296,7 +324,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
             continue
         print(f"{spec.name}:")
         for w in spec.weights:
-            path = weight_path(w, args.cache)
+            try:
+                path = weight_path(w, args.cache)
+            except WeightsError as exc:  # shipped in a package that is not installed
+                print(f"  [MISSING] {exc}" if action == "list" else f"  MISSING  {exc}")
+                failures += action == "verify"
+                continue
             present = is_present(w, args.cache)
             if action == "path":
                 print(f"  {path}" + (f"  (extracted: {w.extract_to})" if w.extract_to else ""))
@@ -304,7 +337,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
                 size = f"{w.size} bytes" if w.size else "size unknown"
                 digest = w.sha256 or (f"{w.sha256_prefix}... (prefix)" if w.sha256_prefix else "sha256 unknown")
                 print(f"  [{'present' if present else 'MISSING'}] {path}")
-                print(f"      from {w.url}; {size}; {digest}")
+                print(f"      {w.source}; {size}; {digest}")
             elif action == "verify":
                 if not present:
                     print(f"  MISSING  {path.parent / w.extract_to if w.extract_to else path}")
@@ -313,15 +346,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
                     print(f"  ok       {path.parent / w.extract_to} (extracted; archive not kept)")
                 else:
                     try:
-                        digest = verify_file(path, w.sha256, size=w.size)
-                        if w.sha256_prefix and not digest.startswith(w.sha256_prefix):
-                            raise WeightsError(f"weight file {path} has sha256 {digest}, expected a hash "
-                                               f"starting {w.sha256_prefix}; delete it and download it again")
+                        digest = verify_weight(w, args.cache)
                     except WeightsError as exc:
                         print(f"  FAILED   {exc}")
                         failures += 1
                     else:
-                        print(f"  ok       {path}  sha256 {digest}")
+                        # what the hash was checked against: a shipped file's package, else trust_level's words
+                        note = w.source if w.cache == "package" else trust_level(w.sha256, w.sha256_prefix)
+                        print(f"  ok       {path}  sha256 {digest}  ({note})")
     if failures:
         print(f"{failures} file(s) missing or failing verification", file=sys.stderr)
         return EXIT_FAILURE

@@ -1,9 +1,21 @@
-"""Run configuration: one dataclass, filled from defaults < config file (YAML or TOML) < command-line flags."""
+"""Run configuration: one dataclass, filled from defaults < config file (YAML or TOML) < command-line flags.
+
+Task and metric options (``--task-args`` / ``--metric-args`` / ``task_args`` / ``metric_args``) follow one
+rule for lists, whatever the task or metric: an option takes a list when the task's or metric's constructor
+annotates it with a list type (``list``, ``tuple``, ``set``, ``Sequence``, ``Iterable``, ``Collection``, alone
+or in a union such as ``str | list[str] | None``) or, unannotated, defaults to a list or tuple. Such an
+option's value becomes a list: a string is split on :data:`LIST_SEPARATOR` (``+``; commas already separate
+options on the command line), each part read like any option value (:func:`parse_scalar`), so
+``severity2afc:families=blur+noise`` gives ``["blur", "noise"]`` and ``families=blur`` gives ``["blur"]``; a
+list from a config file is kept (as a list); any other single value becomes a one-item list. Every other
+option is passed as given, ``+`` included (a path ``root=/data/a+b`` stays one string).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import inspect
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +26,8 @@ import yaml
 from percepbench.errors import UsageError
 
 DEFAULT_TASK = "severity2afc"
+#: the one separator of list values in task and metric options (``families=blur+noise``)
+LIST_SEPARATOR = "+"
 #: ``RunConfig.precision`` values: fp32, or autocast to bfloat16 / float16 (``torch.autocast``)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -41,6 +55,10 @@ class RunConfig:
     embed_cache: str | bool | None = None
     #: numeric precision of metric computations: ``fp32`` (default), or ``bf16`` / ``fp16`` autocast
     precision: str = "fp32"
+    #: continue the run whose results ``out`` holds: skip its finished (task, metric) pairs (``--resume``)
+    resume: bool = False
+    #: replace the results ``out`` holds (only percepbench's own files are removed; ``--overwrite``)
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
@@ -48,7 +66,9 @@ class RunConfig:
         if isinstance(self.tasks, str):
             self.tasks = split_list(self.tasks)
         if self.data_root is None:
-            self.data_root = os.environ.get("PERCEPBENCH_DATA") or None
+            from percepbench.data import env_data_root
+
+            self.data_root = env_data_root()
         for name in ("batch_size", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -61,6 +81,8 @@ class RunConfig:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise UsageError(f"num_workers must be >= 0, got {self.num_workers}")
+        self.metric_args = normalise_options("metric", self.metric_args)
+        self.task_args = normalise_options("task", self.task_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +104,12 @@ def parse_scalar(text: str) -> Any:
 
 
 def parse_name_args(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
-    """``["lpips:version=0.0", "severity2afc:per_family=8"]`` -> ``{name: {key: value}}``."""
+    """``["lpips:version=0.0", "severity2afc:per_family=8"]`` -> ``{name: {key: value}}``.
+
+    Values are read with :func:`parse_scalar`; list options are split on ``+`` later, when the
+    :class:`RunConfig` is built (:func:`normalise_options`), since only the task or metric says which
+    options take lists.
+    """
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, rest = item.partition(":")
@@ -93,6 +120,74 @@ def parse_name_args(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
             if not eq or not key.strip():
                 raise UsageError(f"{flag} expects NAME:KEY=VALUE[,KEY=VALUE...], got {item!r}")
             out.setdefault(name.strip(), {})[key.strip()] = parse_scalar(value.strip())
+    return out
+
+
+#: a list type in an annotation's text (``str | list[str] | None``, ``typing.Sequence[str]``); not inside quotes
+_LIST_TYPE = re.compile(r"(?<![\w'\"])(list|tuple|set|frozenset|Sequence|MutableSequence|Iterable|Collection"
+                        r"|List|Tuple|Set)\b")
+
+
+def _annotation_text(annotation: Any) -> str:
+    if isinstance(annotation, str):  # ``from __future__ import annotations``: the source text
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)  # list[str], int | list[int], typing.Sequence[str] ...
+
+
+def list_options(factory: Any) -> set[str]:
+    """Names of the keyword options of ``factory`` (a class or function) that take a list: annotated with a
+    list type, alone or in a union (``list``, ``tuple``, ``set``, ``frozenset``, ``Sequence``, ``Iterable``,
+    ``Collection``), or unannotated with a list or tuple default."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: no option is known to take a list
+        return set()
+    out = set()
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.annotation is not p.empty:
+            if _LIST_TYPE.search(_annotation_text(p.annotation)):
+                out.add(p.name)
+        elif isinstance(p.default, (list, tuple)):
+            out.add(p.name)
+    return out
+
+
+def as_list_value(value: Any) -> list[Any]:
+    """The value of a list option as a list: a string split on ``+`` (each part read by
+    :func:`parse_scalar`, empty parts dropped), a list/tuple/set kept, any other value a one-item list."""
+    if isinstance(value, str):
+        return [parse_scalar(part.strip()) for part in value.split(LIST_SEPARATOR) if part.strip()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def normalise_options(kind: str, args: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``{name: {option: value}}`` with the values of list options made lists (:func:`as_list_value`).
+
+    ``kind`` is ``"task"`` or ``"metric"``; each name is resolved in that registry as the runner does, and
+    the options that take lists are read off the constructor of the registered target
+    (:func:`list_options`). A name that does not resolve, or a target that cannot be imported, is left as
+    it is: the runner reports it with its own message.
+    """
+    if not args:
+        return {}
+    if not isinstance(args, dict) or not all(isinstance(v, dict) for v in args.values()):
+        raise UsageError(f"{kind}_args must map {kind} names to {{option: value}} mappings, got {args!r}")
+    from percepbench.registry import METRICS, TASKS
+
+    registry = METRICS if kind == "metric" else TASKS
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in args.items():
+        try:
+            listed = list_options(registry.get(name).load())
+        except (UsageError, ImportError, ValueError):  # unknown name or broken target: the runner names it
+            listed = set()
+        out[name] = {key: as_list_value(value) if key in listed else value for key, value in options.items()}
     return out
 
 

@@ -10,9 +10,38 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared upstream fixtures beside the checkout; PERCEPBENCH_FIXTURES points elsewhere (the GPU check
-#: carries the few it needs, see benchmarks/gpu_prepare.sh)
+#: carries a copy, see benchmarks/gpu_prepare.sh)
 SHARED_FIXTURES = Path(os.environ.get("PERCEPBENCH_FIXTURES") or REPO.parent / "shared" / "fixtures")
 PYTHON = sys.executable
+#: PERCEPBENCH_TEST_DEVICE as given ("" when unset): ``PERCEPBENCH_TEST_DEVICE=cuda pytest`` runs the whole
+#: suite with the device-dependent tests on CUDA
+TEST_DEVICE_GIVEN = os.environ.get("PERCEPBENCH_TEST_DEVICE", "").strip()
+#: the device of the device-dependent tests (``percepbench run --device TEST_DEVICE``); default ``cpu``.
+#: Tests that need the CPU whatever this says (CPU autocast, exact CPU oracles) pass ``--device cpu``;
+#: tests/test_gpu.py targets ``cuda`` when this is unset, and is skipped without a CUDA device.
+TEST_DEVICE = TEST_DEVICE_GIVEN or "cpu"
+
+
+def pytest_configure(config):
+    """A PERCEPBENCH_TEST_DEVICE that this machine lacks stops the session with one message (rather than
+    failing every device-dependent test)."""
+    if not TEST_DEVICE_GIVEN:
+        return
+    import torch
+
+    try:
+        device = torch.device(TEST_DEVICE_GIVEN)
+    except (RuntimeError, ValueError) as exc:
+        raise pytest.UsageError(f"PERCEPBENCH_TEST_DEVICE={TEST_DEVICE_GIVEN!r} is not a torch device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"PERCEPBENCH_TEST_DEVICE={TEST_DEVICE_GIVEN!r}, but CUDA is not available here "
+                                "(unset it, or set it to cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"PERCEPBENCH_TEST_DEVICE={TEST_DEVICE_GIVEN!r}: the tests run on cpu or cuda")
+
+
+def pytest_report_header(config):
+    return f"percepbench test device: {TEST_DEVICE} (PERCEPBENCH_TEST_DEVICE {TEST_DEVICE_GIVEN or 'unset'})"
 
 
 @pytest.fixture

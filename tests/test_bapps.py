@@ -2,47 +2,41 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from PIL import Image
 
 from percepbench.cli import main
+from percepbench.errors import DataError
 from percepbench.results import load_results
 from percepbench.specs import MetricSpec
+
+from layouts import BappsTriplet, make_bapps_2afc, write_png
 
 REF = 120
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
 
-# subset: [(stem, p0 offset, p1 offset, judge p = fraction preferring p1, expected score)]
-TRIPLETS = {
+# subset: [(BAPPS triplet, expected score)]; flat grey patches, ref 120, p0/p1 120 + offset,
+# judge p = fraction preferring p1
+T = BappsTriplet
+SCORED = {
     "cnn": [
-        ("000000", 40, 10, 0.8, 0.8),   # d1 < d0 -> p
-        ("000001", 10, 40, 0.8, 0.2),   # d0 < d1 -> 1 - p
+        (T("000000", REF + 40, REF + 10, 0.8), 0.8),   # d1 < d0 -> p
+        (T("000001", REF + 10, REF + 40, 0.8), 0.2),   # d0 < d1 -> 1 - p
     ],
     "traditional": [
-        ("000000", 5, 30, 0.0, 1.0),
-        ("000007", 30, 5, 0.6, 0.6),
-        ("000010", 15, 15, 0.2, 0.5),   # tie -> 0.5
+        (T("000000", REF + 5, REF + 30, 0.0), 1.0),
+        (T("000007", REF + 30, REF + 5, 0.6), 0.6),
+        (T("000010", REF + 15, REF + 15, 0.2), 0.5),   # tie -> 0.5
     ],
 }
-
-
-def flat(path, value, size=16):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value, value)).save(path)
+TRIPLETS = {subset: [t for t, _ in rows] for subset, rows in SCORED.items()}
 
 
 def make_bapps(dataset, split="val", triplets=TRIPLETS):
     """``dataset/2afc/<split>/<subset>/{ref,p0,p1,judge}``; returns ``dataset``."""
-    for subset, rows in triplets.items():
-        folder = dataset / "2afc" / split / subset
-        for stem, o0, o1, p, _ in rows:
-            flat(folder / "ref" / f"{stem}.png", REF)
-            flat(folder / "p0" / f"{stem}.png", REF + o0)
-            flat(folder / "p1" / f"{stem}.png", REF + o1)
-            (folder / "judge").mkdir(parents=True, exist_ok=True)
-            np.save(folder / "judge" / f"{stem}.npy", np.array([p], dtype=np.float32))
-    return dataset
+    return make_bapps_2afc(dataset, triplets, split=split, size=16)
 
 
 @pytest.fixture
@@ -58,7 +52,7 @@ def run(capsys, *args):
 
 
 def expected(subsets):
-    scores = {s: [r[4] for r in TRIPLETS[s]] for s in subsets}
+    scores = {s: [score for _, score in SCORED[s]] for s in subsets}
     out = {s: (100 * float(np.mean(v)), len(v)) for s, v in scores.items()}
     if len(subsets) > 1:
         pooled = [x for v in scores.values() for x in v]
@@ -90,7 +84,7 @@ def test_scores_by_hand_from_data_root(capsys, tmp_path, clean_env, toy):
     assert samples.loc["cnn/000000", "p"] == pytest.approx(0.8)
     assert samples.loc["cnn/000000", "d0"] == pytest.approx(40 / 255)  # d0 = d(ref, p0)
     assert samples.loc["cnn/000000", "d1"] == pytest.approx(10 / 255)  # d1 = d(ref, p1)
-    assert samples["score"].to_numpy() == pytest.approx([r[4] for s in TRIPLETS.values() for r in s])
+    assert samples["score"].to_numpy() == pytest.approx([score for rows in SCORED.values() for _, score in rows])
     proto = res.meta["task_protocols"]["bapps_2afc"]
     assert proto["items"] == 5 and proto["image_sizes"] == "16x16: 15 file(s)" and "stem" in proto["filters"]
 
@@ -112,7 +106,8 @@ def test_default_subsets_are_all_six_val_categories(tmp_path):
     assert task.subsets == ["traditional", "cnn", "superres", "deblur", "color", "frameinterp"]
     make_bapps(tmp_path)
     task = create_task("bapps_2afc", root=str(tmp_path))
-    with pytest.raises(Exception, match="superres: BAPPS subset folder not found"):
+    missing = tmp_path / "2afc" / "val" / "superres"
+    with pytest.raises(DataError, match=re.escape(f"{missing}: BAPPS subset folder not found")):
         task.prepare(progress=False)
 
 
@@ -120,7 +115,7 @@ def test_mismatched_stems_name_the_folder_and_stems(capsys, tmp_path, clean_env,
     dataset = make_bapps(tmp_path / "data" / "bapps" / "dataset")
     folder = dataset / "2afc" / "val" / "traditional"
     (folder / "judge" / "000007.npy").unlink()
-    flat(folder / "p1" / "000099.png", REF)
+    write_png(folder / "p1" / "000099.png", REF, 16)
     code, _, err = run(capsys, "-m", toy, "-t", "bapps_2afc", "--data-root", str(tmp_path / "data"),
                        "--task-args", "bapps_2afc:subsets=cnn+traditional", "-o", str(tmp_path / "run"))
     assert code == 2

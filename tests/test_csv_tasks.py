@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from percepbench.cli import main
 from percepbench.results import load_results
 from percepbench.specs import MetricSpec
 
+from layouts import make_csv_table, write_png
+
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
-
-
-def flat(path, value, size=8):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value, value)).save(path)
-    return path
 
 
 @pytest.fixture
@@ -26,19 +21,18 @@ def toy(register_temp):
 
 
 def make_csv(tmp_path, **columns):
-    folder = tmp_path / "mine"
-    for name, value in (("r.png", 100), ("a.png", 110), ("b.png", 150)):
-        flat(folder / "img" / name, value)
-    absolute = flat(tmp_path / "elsewhere" / "c.png", 105)
-    rows = {
+    """``mine/triplets.csv`` naming flat grey PNGs under ``mine/img`` and one by absolute path elsewhere."""
+    absolute = write_png(tmp_path / "elsewhere" / "c.png", 105)
+    table = {
         "ref": ["img/r.png", "img/r.png", "img/r.png"],
         "left": ["img/a.png", "img/b.png", str(absolute)],     # d0: 10, 50, 5 (/255)
         "right": ["img/b.png", str(absolute), "img/a.png"],    # d1: 50, 5, 10
         "p": [0.25, 1.0, 0.0],                                 # scores: 0.75, 1, 1
         **columns,
     }
-    pd.DataFrame(rows).to_csv(folder / "triplets.csv", index=False)
-    return folder / "triplets.csv"
+    rows = [dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)]
+    return make_csv_table(tmp_path / "mine" / "triplets.csv", rows,
+                          images={"img/r.png": 100, "img/a.png": 110, "img/b.png": 150})
 
 
 def run(capsys, *args):
@@ -72,20 +66,21 @@ def test_without_subset_column_one_pooled_record(capsys, tmp_path, clean_env, to
     assert res.samples["item"].tolist() == ["t1", "t2", "t3"]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda f: f.drop(columns=["p"]), "missing column(s) p"),
-    (lambda f: f.assign(p=[0.5, -0.1, 1.0]), "'p' has 1 value(s) outside [0.0, 1.0] (line 3: -0.1)"),
-    (lambda f: f.assign(p=["0.5", "half", "1"]), "'p' has 1 value(s) not a number (line 3: 'half')"),
-    (lambda f: f.assign(left=["img/a.png", "img/none.png", "img/a.png"]), "1 of 5 referenced image file(s) do not exist"),
+@pytest.mark.parametrize(("edit", "message", "named"), [
+    (lambda f: f.drop(columns=["p"]), "missing column(s) p", "triplets.csv"),
+    (lambda f: f.assign(p=[0.5, -0.1, 1.0]), "'p' has 1 value(s) outside [0.0, 1.0] (line 3: -0.1)", "triplets.csv"),
+    (lambda f: f.assign(p=["0.5", "half", "1"]), "'p' has 1 value(s) not a number (line 3: 'half')", "triplets.csv"),
+    (lambda f: f.assign(left=["img/a.png", "img/none.png", "img/a.png"]), "1 of 5 referenced image file(s) do not exist",
+     "img/none.png"),
 ])
-def test_bad_csv_fails_naming_the_file(capsys, tmp_path, clean_env, toy, edit, message):
+def test_bad_csv_fails_naming_the_file(capsys, tmp_path, clean_env, toy, edit, message, named):
     csv = make_csv(tmp_path)
     edit(pd.read_csv(csv)).to_csv(csv, index=False)
     code, _, err = run(capsys, "-m", toy, "-t", "2afc_csv", "--task-args", f"2afc_csv:path={csv}",
                        "-o", str(tmp_path / "run"))
     assert code == 2
     assert message in err
-    assert str(csv) in err or str(csv.parent / "img" / "none.png") in err
+    assert str(csv.parent / named) in err
 
 
 def test_path_is_required_and_must_exist(capsys, tmp_path, clean_env, toy):

@@ -87,17 +87,22 @@ def test_missing_adapter_files_name_the_path(tmp_path):
 ])
 def test_drop_in_api_shapes(dreamsim_type, patch, shape):
     torch.manual_seed(0)
-    model, preprocess = dreamsim(pretrained=False, dreamsim_type=dreamsim_type, use_patch_model=patch)
-    assert next(model.parameters()).device.type == "cpu"  # no CUDA here: the default falls back to CPU
+    model, preprocess = dreamsim(pretrained=False, dreamsim_type=dreamsim_type, use_patch_model=patch, device="cpu")
+    assert next(model.parameters()).device.type == "cpu"  # CPU inputs below (tests/test_gpu.py: on CUDA)
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         assert model.embed(x).shape == shape
         d = model(x, x.flip(0))
-    assert d.shape == (2,) and ((d >= 0) & (d <= 2)).all()
+        pooled = model.embed_pooled(x) if patch else model.embed(x)
+    # the distance is 1 - cosine of the (pooled) embeddings
+    torch.testing.assert_close(d, 1 - torch.nn.functional.cosine_similarity(pooled, pooled.flip(0)),
+                               rtol=0, atol=1e-6)
+    assert d.shape == (2,) and torch.isclose(d[0], d[1], rtol=0, atol=1e-6) and d[0] > 1e-4
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     from PIL import Image
 
-    assert preprocess(Image.new("RGB", (300, 100), (255, 0, 0))).shape == (1, 3, 224, 224)
+    red = preprocess(Image.new("RGB", (300, 100), (255, 0, 0)))  # resized to 224x224, [0, 1], not normalised
+    assert red.shape == (1, 3, 224, 224) and red[0, 0].eq(1).all() and red[0, 1:].eq(0).all()
 
 
 def test_drop_in_api_errors():
@@ -121,7 +126,7 @@ def test_registry_entries():
     assert METRICS.get("dreamsim").name == "dreamsim.ensemble"
     assert {s.name for s in METRICS.select("dreamsim.*")} == {f"dreamsim.{v}" for v in VARIANTS}
     spec = METRICS.get("dreamsim")
-    assert spec.inputs.size == 224 and spec.inputs.interpolation == "bicubic" and spec.kind == "embedding"
+    assert spec.inputs.size == 224 and spec.inputs.interpolation == "bicubic" and spec.load().embeds
     urls = {w.url for w in spec.weights}
     assert "https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0-checkpoints/dreamsim_ensemble_checkpoint.zip" in urls
     assert "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth" in urls
@@ -160,9 +165,16 @@ def test_metric_minus_one_one_flag():
 
 def test_metric_as_a_loss(metric):
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
-    loss = metric(x, torch.rand(2, 3, 64, 64)).mean()
+    y = torch.rand(2, 3, 64, 64)
+    loss = metric(x, y).mean()
     loss.backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    # the same gradient through the resize written out by hand and the model
+    x2 = x.detach().clone().requires_grad_(True)
+    up = [torch.nn.functional.interpolate(t, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+          for t in (x2, y)]
+    metric.model(*up).mean().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-7)
+    assert x.grad.abs().max() > 0
     assert all(p.grad is None for p in metric.parameters())
     metric.train()
     assert not metric.model.training
@@ -293,7 +305,13 @@ def test_percepbench_run_with_dreamsim(capsys, tmp_path):
     files = res.meta["weights"]["dreamsim.dino_vitb16"]  # random weights here: nothing present, no hashes
     assert {f["filename"] for f in files} == {"dreamsim_dino_vitb16_checkpoint.zip",
                                               "checkpoints/dino_vitbase16_pretrain.pth"}
-    assert len(res.samples) == 8 and res.samples["d0"].between(0, 2).all()
+    s = res.samples
+    assert len(s) == 8 and s["d0"].between(0, 2).all() and s["d1"].between(0, 2).all()
+    # the 2AFC rule by hand: p if d1 < d0, 1 - p if d0 < d1, 0.5 on a tie; the record is the mean x 100
+    by_hand = [p if d1 < d0 else 1 - p if d0 < d1 else 0.5 for d0, d1, p in zip(s["d0"], s["d1"], s["p"], strict=True)]
+    assert s["score"].tolist() == by_hand
+    (value,) = res.records.loc[res.records["subset"] == "all", "value"]
+    assert value == pytest.approx(100 * sum(by_hand) / 8)
 
 
 def test_percepbench_run_offline_names_the_files(capsys, tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from percepbench.cli import main
 from percepbench.config import RunConfig
@@ -18,34 +17,32 @@ from percepbench.results import load_results
 from percepbench.specs import InputConvention, MetricSpec
 
 from helpers_metrics import ToyEmbed
+from layouts import make_csv_table, write_png
 
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
 COLOURS = {"a": (200, 30, 30), "b": (190, 40, 35), "c": (20, 200, 40), "d": (30, 30, 220)}
 
 
 def make_images(folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name, rgb in COLOURS.items():
-        arr = np.clip(np.array(rgb)[None, None] + rng.integers(-20, 20, (12, 12, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"{name}.png")
+    """``folder/<name>.png``: 12x12 noisy colours ``COLOURS`` (seeded noise in [-20, 20))."""
+    for seed, (name, rgb) in enumerate(COLOURS.items()):
+        write_png(folder / f"{name}.png", rgb, 12, noise=20, seed=seed)
 
 
 def write_2afc_csv(tmp_path):
-    """6 triplets over 4 unique images (the reference ``a`` is shared by every row)."""
+    """6 triplets over 4 unique images (the reference ``a`` is shared by every row but the last)."""
     make_images(tmp_path / "img")
     rows = [("a", "b", "c", 0.0), ("a", "c", "b", 1.0), ("a", "b", "d", 0.2), ("a", "d", "b", 0.9),
             ("a", "c", "d", 0.5), ("b", "a", "d", 0.1)]
-    csv = tmp_path / "triplets.csv"
-    csv.write_text("ref,left,right,p\n" + "".join(f"img/{r}.png,img/{x}.png,img/{y}.png,{p}\n"
-                                                   for r, x, y, p in rows))
-    return csv
+    return make_csv_table(tmp_path / "triplets.csv", [
+        {"ref": f"img/{r}.png", "left": f"img/{x}.png", "right": f"img/{y}.png", "p": p} for r, x, y, p in rows])
 
 
 def write_jnd_csv(tmp_path):
-    csv = tmp_path / "pairs.csv"
-    csv.write_text("p0,p1,same\nimg/a.png,img/b.png,1\nimg/c.png,img/d.png,0\nimg/a.png,img/d.png,0.2\n")
-    return csv
+    """3 pairs over the images of ``write_2afc_csv``."""
+    rows = [("a", "b", 1.0), ("c", "d", 0.0), ("a", "d", 0.2)]
+    return make_csv_table(tmp_path / "pairs.csv", [
+        {"p0": f"img/{x}.png", "p1": f"img/{y}.png", "same": same} for x, y, same in rows])
 
 
 @pytest.fixture
@@ -119,7 +116,7 @@ def test_cache_keys_on_content_not_path(capsys, tmp_path, clean_env, toys):
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "img", moved / "img")
     shutil.copy(csv, moved / "triplets.csv")
-    Image.new("RGB", (12, 12), (1, 2, 3)).save(moved / "img" / "d.png")  # one image edited
+    write_png(moved / "img" / "d.png", (1, 2, 3), 12)  # one image edited
     ToyEmbed.embedded = 0
     run(capsys, "-m", "toy-embed", "-t", "2afc_csv", "--task-args", f"2afc_csv:path={moved / 'triplets.csv'}",
         "--embed-cache", str(cache), "-o", str(tmp_path / "r2"))

@@ -1,9 +1,11 @@
 """The CUDA path, checked where a CUDA device exists (skipped elsewhere, with the reason).
 
-Run on a GPU machine with ``benchmarks/gpu_check.sh`` (these tests plus the CUDA rows of the DreamSim
-speed benchmark). ``PERCEPBENCH_TEST_DEVICE=cpu`` runs the same tests on the CPU, to check the tests
-themselves on a machine without a GPU. Device placement as such is also checked without a GPU, on the
-``meta`` device (``tests/test_device_placement.py``).
+These tests run on ``PERCEPBENCH_TEST_DEVICE`` when it is set, else on ``cuda``. On a GPU machine,
+``PERCEPBENCH_TEST_DEVICE=cuda pytest`` runs them with the rest of the suite (``benchmarks/gpu_check.sh``
+does that, then the CUDA rows of the DreamSim speed benchmark). ``PERCEPBENCH_TEST_DEVICE=cpu pytest
+tests/test_gpu.py`` runs the same tests on the CPU, to check the tests themselves on a machine without a
+GPU. Device placement as such is also checked without a GPU, on the ``meta`` device
+(``tests/test_device_placement.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import pytest
 import torch
 
 from percepbench import DreamSimMetric, dreamsim
+from percepbench.registry import METRICS
+from percepbench.weights import usable_offline
 
-from conftest import PYTHON
+from conftest import PYTHON, TEST_DEVICE_GIVEN
 
-DEVICE = torch.device(os.environ.get("PERCEPBENCH_TEST_DEVICE", "cuda"))
+DEVICE = torch.device(TEST_DEVICE_GIVEN or "cuda")
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(),
@@ -109,6 +113,38 @@ def test_drop_in_api_on_device():
     img = torch.rand(2, 3, 224, 224, device=DEVICE)
     with torch.no_grad():
         assert model.embed(img).shape == (2, 768) and model(img, img).device.type == DEVICE.type
+
+
+def _metric_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random image and a smooth image plus noise (so structure-based indices see structure)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, size, size, generator=g)
+    base = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(size, size), mode="bilinear")
+    return x, (base + 0.05 * torch.randn(2, 3, size, size, generator=g)).clamp(0, 1)
+
+
+#: every metric but the ViT-L/14 ones: the same wrapper classes as their ViT-B siblings, and slow to build
+#: with random weights on the CPU
+DEVICE_METRICS = [name for name in METRICS.names() if not name.endswith("vitl14")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEVICE_METRICS)
+def test_every_metric_on_device_matches_cpu(name):
+    """Every registered metric (random weights where its files are absent; ViT-L/14 left out, see
+    DEVICE_METRICS), the piq wrappers included (which the meta-device check of
+    tests/test_device_placement.py leaves out), gives on the device the per-pair distances it gives on the
+    CPU."""
+    spec = METRICS.get(name)
+    torch.manual_seed(0)
+    metric = spec.create(reduction="none", **({} if usable_offline(spec) else {"pretrained": False}))
+    x, y = _metric_pair(max(64, spec.inputs.min_size))
+    with torch.no_grad():
+        ref = metric.pairwise(x, y)
+        metric.to(DEVICE)
+        d = metric.pairwise(x.to(DEVICE), y.to(DEVICE))
+    assert d.device.type == DEVICE.type and d.shape == (2,)
+    torch.testing.assert_close(d.cpu(), ref, atol=1e-4, rtol=1e-3)
 
 
 def test_embedding_cache_fingerprint_includes_the_device():

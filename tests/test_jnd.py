@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from percepbench.cli import main
 from percepbench.results import load_results
 from percepbench.specs import MetricSpec
 from percepbench.stats import paired_statistic_comparison
 from percepbench.tasks.jnd import jnd_average_precision
+
+from layouts import JNDPair, make_bapps_jnd, make_csv_table
 
 FAST = ["--n-boot", "50", "-q", "--num-workers", "0"]
 REF = 100
@@ -111,32 +112,22 @@ def test_paired_statistic_comparison_on_ap():
 
 
 # --- bapps_jnd and jnd_csv end to end ------------------------------------------------------------
-# subset: [(stem, p0 value, p1 value, same)] -> toy metric distance |p0 - p1| / 255
+# subset: [JND pair of flat grey patches p0, p1 and the fraction "same"] -> toy metric distance |p0 - p1| / 255
 PAIRS = {
-    "traditional": [("000000", 100, 110, 1.0), ("000001", 100, 130, 0.0), ("000002", 100, 120, 2 / 3)],
-    "cnn": [("000000", 50, 52, 1 / 3), ("000005", 50, 90, 1.0)],
+    "traditional": [JNDPair("000000", 100, 110, 1.0), JNDPair("000001", 100, 130, 0.0),
+                    JNDPair("000002", 100, 120, 2 / 3)],
+    "cnn": [JNDPair("000000", 50, 52, 1 / 3), JNDPair("000005", 50, 90, 1.0)],
 }
 
 
-def flat(path, value, size=16):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value, value)).save(path)
-
-
 def make_jnd(dataset, pairs=PAIRS):
-    for subset, rows in pairs.items():
-        folder = dataset / "jnd" / "val" / subset
-        for stem, v0, v1, same in rows:
-            flat(folder / "p0" / f"{stem}.png", v0)
-            flat(folder / "p1" / f"{stem}.png", v1)
-            (folder / "same").mkdir(parents=True, exist_ok=True)
-            np.save(folder / "same" / f"{stem}.npy", np.array([same], dtype=np.float64))
-    return dataset
+    """``dataset/jnd/val/<subset>/{p0,p1,same}`` (labels as float64); returns ``dataset``."""
+    return make_bapps_jnd(dataset, pairs, size=16, label_dtype=np.float64)
 
 
 def by_hand(rows):
-    d = np.array([abs(v1 - v0) / 255 for _, v0, v1, _ in rows])
-    return 100 * official_style_ap(d, [r[3] for r in rows])
+    d = np.array([abs(r.p1 - r.p0) / 255 for r in rows])
+    return 100 * official_style_ap(d, [r.same for r in rows])
 
 
 @pytest.fixture
@@ -221,16 +212,12 @@ def test_bapps_jnd_subsets_option(capsys, tmp_path, clean_env, toy):
     assert code == 2 and "unknown BAPPS JND subsets ['mix']" in err
 
 
-def write_csv(tmp_path, rows, header="p0,p1,same,subset"):
-    (tmp_path / "img").mkdir(exist_ok=True)
-    lines = [header]
-    for i, (v0, v1, same, subset) in enumerate(rows):
-        flat(tmp_path / "img" / f"{i}a.png", v0)
-        flat(tmp_path / "img" / f"{i}b.png", v1)
-        lines.append(f"img/{i}a.png,img/{i}b.png,{same},{subset}")
-    csv = tmp_path / "pairs.csv"
-    csv.write_text("\n".join(lines) + "\n")
-    return csv
+def write_csv(tmp_path, rows):
+    """``pairs.csv`` (columns p0, p1, same, subset) naming flat grey PNGs ``img/<i>a.png``, ``img/<i>b.png``."""
+    images = {f"img/{i}{ab}.png": v for i, (v0, v1, *_) in enumerate(rows) for ab, v in (("a", v0), ("b", v1))}
+    table = [{"p0": f"img/{i}a.png", "p1": f"img/{i}b.png", "same": same, "subset": subset}
+             for i, (_, _, same, subset) in enumerate(rows)]
+    return make_csv_table(tmp_path / "pairs.csv", table, images=images, size=16)
 
 
 def test_jnd_csv_end_to_end(capsys, tmp_path, clean_env, toy):
@@ -250,19 +237,19 @@ def test_jnd_csv_end_to_end(capsys, tmp_path, clean_env, toy):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"] is True
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda csv: csv.write_text("p0,p1\nimg/0a.png,img/0b.png\n"), "missing column(s) same"),
-    (lambda csv: csv.write_text("p0,p1,same\nimg/0a.png,img/0b.png,1.2\n"), "outside [0.0, 1.0]"),
-    (lambda csv: csv.write_text("p0,p1,same\nimg/0a.png,img/nope.png,1\n"), "nope.png"),
-    (lambda csv: csv.write_text('p0,p1,same\n"img/0a.png,img/0b.png,1\n'), "cannot parse CSV"),
+@pytest.mark.parametrize(("edit", "message", "named"), [
+    (lambda csv: csv.write_text("p0,p1\nimg/0a.png,img/0b.png\n"), "missing column(s) same", "pairs.csv"),
+    (lambda csv: csv.write_text("p0,p1,same\nimg/0a.png,img/0b.png,1.2\n"), "outside [0.0, 1.0]", "pairs.csv"),
+    (lambda csv: csv.write_text("p0,p1,same\nimg/0a.png,img/nope.png,1\n"), "do not exist", "img/nope.png"),
+    (lambda csv: csv.write_text('p0,p1,same\n"img/0a.png,img/0b.png,1\n'), "cannot parse CSV", "pairs.csv"),
 ])
-def test_jnd_csv_bad_input_names_the_file(capsys, tmp_path, clean_env, toy, edit, message):
+def test_jnd_csv_bad_input_names_the_file(capsys, tmp_path, clean_env, toy, edit, message, named):
     csv = write_csv(tmp_path, [(10, 20, 1.0, "a")])
     edit(csv)
     code, _, err = run(capsys, "-m", toy, "-t", "jnd_csv", "--task-args", f"jnd_csv:path={csv}",
                        "-o", str(tmp_path / "run"))
     assert code == 2, err
-    assert message in err and (str(csv) in err or "nope.png" in err)
+    assert message in err and str(tmp_path / named) in err
 
 
 def test_jnd_csv_needs_a_path(capsys, tmp_path, clean_env, toy):

@@ -10,22 +10,27 @@ from percepbench.cli import main
 from percepbench.results import load_results
 from percepbench.specs import InputConvention, MetricSpec
 
+import layouts
+from layouts import NightsTriplet, write_png
+
 REF = 100  # every reference image is flat grey 100; left/right are flat grey 100 + offset
 SIZE = 32
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
 
-# id, split, is_imagenet, votes, right_vote, left offset, right offset, left/right file suffixes
-ROWS = [
-    (0, "test", True, 6, 1.0, 50, 10, "0", "1"),    # d1 < d0, p = 1  -> 1
-    (1, "test", True, 6, 0.0, 10, 50, "0", "1"),    # d0 < d1, p = 0  -> 1
-    (2, "test", False, 7, 1.0, 10, 50, "0", "1"),   # d0 < d1, p = 1  -> 0
-    (3, "test", False, 6, 0.0, 20, 20, "0", "1"),   # tie             -> 0.5
-    (4, "test", False, 5, 1.0, 10, 50, "0", "1"),   # votes < 6: dropped (its right image is missing too)
-    (5, "val", False, 6, 1.0, 30, 5, "0", "1"),     # d1 < d0, p = 1  -> 1
-    (6, "train", True, 6, 0.0, 5, 30, "0", "1"),    # d0 < d1, p = 0  -> 1
-    (7, "val", True, 4, 0.0, 30, 5, "0", "1"),      # votes < 6: dropped
-    (8, "test", True, 6, 1.0, 40, 0, "1", "0"),     # right_path is _0.png: used as given; d1 < d0 -> 1
-    (9, "val", True, 6, 0.0, 30, 5, "0", "1"),      # d1 < d0, p = 0  -> 0
+T = NightsTriplet
+ROWS = [  # flat grey images: ref 100, left/right 100 + offset
+    T(0, REF + 50, REF + 10, split="test", is_imagenet=True, right_vote=1.0),       # d1 < d0, p = 1  -> 1
+    T(1, REF + 10, REF + 50, split="test", is_imagenet=True, right_vote=0.0),       # d0 < d1, p = 0  -> 1
+    T(2, REF + 10, REF + 50, split="test", is_imagenet=False, votes=7),             # d0 < d1, p = 1  -> 0
+    T(3, REF + 20, REF + 20, split="test", is_imagenet=False, right_vote=0.0),      # tie             -> 0.5
+    T(4, REF + 10, REF + 50, split="test", is_imagenet=False, votes=5,
+      missing=("right",)),                                      # votes < 6: dropped (its right image is missing too)
+    T(5, REF + 30, REF + 5, split="val", is_imagenet=False),                        # d1 < d0, p = 1  -> 1
+    T(6, REF + 5, REF + 30, split="train", is_imagenet=True, right_vote=0.0),       # d0 < d1, p = 0  -> 1
+    T(7, REF + 30, REF + 5, split="val", is_imagenet=True, votes=4, right_vote=0.0),  # votes < 6: dropped
+    T(8, REF + 40, REF + 0, split="test", is_imagenet=True, left_suffix="1",
+      right_suffix="0"),                                        # right_path is _0.png: used as given; d1 < d0 -> 1
+    T(9, REF + 30, REF + 5, split="val", is_imagenet=True, right_vote=0.0),         # d1 < d0, p = 0  -> 0
 ]
 EXPECTED = {  # subset: (value, n) for the default subset=test
     "test_imagenet": (100.0, 3),
@@ -34,28 +39,9 @@ EXPECTED = {  # subset: (value, n) for the default subset=test
 }
 
 
-def flat(path, value, size=SIZE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value, value)).save(path)
-
-
 def make_nights(base, rows=ROWS):
     """``base/nights`` with data.csv and the images of ``rows``; returns the nights folder."""
-    root = base / "nights"
-    records = []
-    for id_, split, imagenet, votes, right_vote, left_off, right_off, lsuf, rsuf in rows:
-        ref = f"ref/{id_ // 5:03d}/{id_:03d}.png"
-        left = f"distort/{id_ // 5:03d}/{id_:03d}_{lsuf}.png"
-        right = f"distort/{id_ // 5:03d}/{id_:03d}_{rsuf}.png"
-        flat(root / ref, REF)
-        flat(root / left, REF + left_off)
-        if id_ != 4:
-            flat(root / right, REF + right_off)
-        records.append({"id": id_, "left_vote": 1 - right_vote, "right_vote": right_vote, "votes": votes,
-                        "ref_path": ref, "left_path": left, "right_path": right, "split": split,
-                        "is_imagenet": imagenet, "prompt": f"prompt {id_}"})
-    pd.DataFrame(records).to_csv(root / "data.csv", index=False)
-    return root
+    return layouts.make_nights(base, rows, size=SIZE)
 
 
 @pytest.fixture
@@ -132,7 +118,7 @@ def test_dataset_resizes_for_fixed_size_metrics(tmp_path):
 
 def test_images_of_different_sizes_fail_for_native_size_metrics_only(capsys, tmp_path, clean_env, toy):
     root = make_nights(tmp_path / "data")
-    flat(root / "distort/000/001_1.png", REF + 50, size=24)
+    write_png(root / "distort/000/001_1.png", REF + 50, size=24)
     code, _, err = run(capsys, "-m", "toy-meanabs,toy-meanabs16", "-t", "nights", "--data-root",
                        str(tmp_path / "data"), "-o", str(tmp_path / "run"))
     assert code == 2  # bad input data; the fixed-size metric's results are still written

@@ -6,8 +6,11 @@ import ast
 import os
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
+
+from percepbench.registry import METRICS, TASKS
 
 from conftest import PYTHON, REPO
 
@@ -53,7 +56,8 @@ def test_mapped_packages_import_from_installed_wheel(wheel, tmp_path):
         "from percepbench.registry import METRICS, TASKS\n"
         "print(percepbench.__file__)\n"
         "print(percepbench.tasks.__file__)\n"
-        "print(len(METRICS), len(TASKS))\n"
+        "print(METRICS.names())\n"
+        "print(TASKS.names())\n"
         # the development checkout's editable finder must not have supplied any module
         "print(sorted(m.__file__ for n, m in list(sys.modules.items())\n"
         "             if n.startswith('percepbench') and getattr(m, '__file__', None)))\n"
@@ -63,8 +67,11 @@ def test_mapped_packages_import_from_installed_wheel(wheel, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.split("\n")
     assert lines[0].startswith(str(site)) and lines[1].startswith(str(site / "percepbench" / "tasks"))
-    n_metrics, n_tasks = map(int, lines[2].split())
-    assert n_metrics >= 16 and n_tasks >= 1
-    files = ast.literal_eval(lines[3])  # the printed list of module paths
-    assert len(files) > 20 and all(f.startswith(str(site)) for f in files), [f for f in files
-                                                                            if not f.startswith(str(site))]
+    # the installed wheel registers exactly the metrics and tasks of the checkout
+    assert ast.literal_eval(lines[2]) == METRICS.names() and ast.literal_eval(lines[3]) == TASKS.names()
+    files = ast.literal_eval(lines[4])  # the printed list of module paths
+    assert [f for f in files if not f.startswith(str(site))] == []
+    loaded = {Path(f).relative_to(site).as_posix() for f in files}
+    assert {"percepbench/__init__.py", "percepbench/metrics_registry/__init__.py", "percepbench/tasks/__init__.py",
+            "percepbench/reports/__init__.py", "percepbench/reports/build.py", "percepbench/cli.py",
+            "percepbench/models/dreamsim.py"} <= loaded

@@ -1,5 +1,6 @@
 """`percepbench run --precision bf16|fp16`: metrics run under torch.autocast, the precision is recorded,
-keys the embedding cache, and shows up in reports and comparisons. Tested with CPU autocast here."""
+keys the embedding cache, and shows up in reports and comparisons. The runs use ``PERCEPBENCH_TEST_DEVICE``
+(default cpu: CPU autocast; ``cuda``: CUDA autocast); ``precision_context`` is checked on the CPU."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from percepbench.results import load_results
 from percepbench.runner import precision_context
 from percepbench.specs import InputConvention, MetricSpec
 
+from conftest import TEST_DEVICE
 from helpers_metrics import LinearEmbed
 
-FAST = ["--n-boot", "20", "-q", "--num-workers", "0"]
+FAST = ["--n-boot", "20", "-q", "--num-workers", "0", "--device", TEST_DEVICE]
 
 
 @pytest.fixture
@@ -128,3 +130,25 @@ def test_precision_context():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with pytest.raises(UsageError, match="no autocast for device 'meta'"):
         precision_context(torch.device("meta"), "bf16")
+
+
+def test_classical_metrics_compute_in_fp32_inside_a_bf16_run(capsys, tmp_path, clean_env, linear):
+    """piq's IW-SSIM gives NaN for most items under CPU bf16 autocast, VIF and FSIM under fp16: the classical
+    metrics' specs declare fp32 only, so the runner computes them in fp32 inside the autocast run (finite, and
+    the fp32 run's values), and the protocol records the precision each metric computed in."""
+    metrics = "piq.iw_ssim,piq.vif,piq.fsim,ms_ssim,toy-linear-pairwise"
+    common = ["-m", metrics, "-t", "severity2afc", "--task-args", "severity2afc:per_family=3,size=64",
+              "--no-report", "--no-embed-cache", "--device", "cpu"]
+    run(capsys, *common, "-o", str(tmp_path / "fp32"))
+    for precision in ("bf16", "fp16"):
+        run(capsys, *common, "--precision", precision, "-o", str(tmp_path / precision))
+        res = load_results(tmp_path / precision)
+        assert not res.meta["failed"]
+        computed = {p["metric"]: p["precision"] for p in res.meta["protocol"]}
+        assert computed == {"piq.iw_ssim": "fp32", "piq.vif": "fp32", "piq.fsim": "fp32", "ms_ssim": "fp32",
+                            "toy-linear-pairwise": precision}
+        for metric in ("piq.iw_ssim", "piq.vif", "piq.fsim", "ms_ssim"):
+            a, b = distances(tmp_path / "fp32", metric), distances(tmp_path / precision, metric)
+            assert np.isfinite(b).all(), metric
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=metric)
+    assert {p["precision"] for p in load_results(tmp_path / "fp32").meta["protocol"]} == {"fp32"}

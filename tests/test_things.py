@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from percepbench.cli import main
 from percepbench.results import load_results
 from percepbench.specs import MetricSpec
 from percepbench.tasks.things import score_odd_one_out
+
+import layouts
 
 
 @pytest.fixture
@@ -18,17 +19,12 @@ def toy(register_temp):
     return "toy-things"
 
 
-def flat(path, value, size=16):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value, value)).save(path)
+GREYS = {"a": 10, "b": 20, "c": 200, "d": 15, "e": 100, "f": 190}
 
 
 def make_things(root, lines):
-    values = {"a": 10, "b": 20, "c": 200, "d": 15, "e": 100, "f": 190}
-    for name, v in values.items():
-        flat(root / f"{name}.png", v)
-    (root / "things_valset.txt").write_text("\n".join(lines) + "\n")
-    return root
+    """``root/<name>.png`` (flat grey ``GREYS``) and ``root/things_valset.txt`` holding ``lines``."""
+    return layouts.make_things(root, GREYS, lines, size=16)
 
 
 def test_score_rule_and_ties():

@@ -3,8 +3,6 @@ paths, save_to_disk folders, Hub datasets (wiring checked with a stand-in loader
 
 from __future__ import annotations
 
-import io
-
 import datasets
 import numpy as np
 import pytest
@@ -14,13 +12,9 @@ from percepbench.cli import main
 from percepbench.results import load_results
 from percepbench.specs import MetricSpec
 
+from layouts import png_bytes, write_png
+
 FAST = ["--n-boot", "20", "-q", "--num-workers", "0", "--no-report"]
-
-
-def png_bytes(value: int, size: int = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # (ref, left, right, p): toy distance |a - b| / 255; expected 2AFC score per row
@@ -71,9 +65,8 @@ def test_parquet_with_embedded_images(capsys, tmp_path, clean_env, toy):
 
 
 def test_jsonl_with_relative_paths_for_jnd(capsys, tmp_path, clean_env, toy):
-    (tmp_path / "img").mkdir()
     for v in (10, 20, 60):
-        (tmp_path / "img" / f"{v}.png").write_bytes(png_bytes(v))
+        write_png(tmp_path / "img" / f"{v}.png", v)
     table = tmp_path / "pairs.jsonl"
     table.write_text('{"p0": "img/10.png", "p1": "img/20.png", "same": 1.0}\n'
                      '{"p0": "img/10.png", "p1": "img/60.png", "same": 0.0}\n')
