@@ -91,6 +91,11 @@ class DistanceMetric(Metric):
     embeds: ClassVar[bool] = False
     #: bump when a code change alters the embeddings (invalidates the on-disk embedding cache)
     embedding_version: ClassVar[int] = 1
+    #: how ``embedding_distance`` maps onto a nearest-neighbour index (retrieval search,
+    #: :mod:`percepbench.search`): ``"cosine"`` (1 - cosine similarity, the default ``embedding_distance``),
+    #: ``"l2"`` (Euclidean), or None: a metric that overrides ``embedding_distance`` without saying is
+    #: searched by brute force over its own distance
+    embedding_space: ClassVar[str | None] = None
 
     def __init__(self, reduction: Reduction = "mean", validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -93,7 +93,8 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="download and verify the human-judgment datasets (nights, bapps, things)",
+    p = sub.add_parser("data", help="download and verify the benchmark datasets (nights, bapps, things, imagenet_r, "
+                                        "coco)",
                        description="Download (resume, verify, safe extraction) and check benchmark datasets under "
                                    "the data root (--root, else $PERCEPBENCH_DATA, else ~/.cache/percepbench/data).")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -102,11 +103,11 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     for name, text in (("download", "download and extract a dataset (idempotent: present parts are skipped)"),
                        ("verify", "name every missing or unreadable file, with the command that fixes it")):
         q = dsub.add_parser(name, help=text, description=text)
-        q.add_argument("name", metavar="NAME", help="a dataset: nights, bapps, things, or a plugin's "
+        q.add_argument("name", metavar="NAME", help="a dataset: nights, bapps, things, imagenet_r, coco, or a plugin's "
                                                      "(`percepbench data list`)")
         q.add_argument("--root", help="data root (default: $PERCEPBENCH_DATA or ~/.cache/percepbench/data)")
         q.add_argument("--parts", help="comma-separated parts (nights: csv, ref, distort, zip; bapps: jnd, "
-                                       "twoafc_val, twoafc_train, all)")
+                                       "twoafc_val, twoafc_train, all; coco: val2017, instances_val2017)")
         if name == "download":
             q.add_argument("--keep-archives", action="store_true", help="keep the archives after extraction")
             q.add_argument("--force", action="store_true",

@@ -94,6 +94,9 @@ class ProtocolEntry(TypedDict):
     embedding: EmbeddingStats | None
     #: wall-clock seconds of the distances and scoring
     seconds: float
+    #: set-level tasks (retrieval): how the gallery was ranked (backend, index, candidates, queries that
+    #: needed brute force, timings; for an approximate index its recall against exact search)
+    search: NotRequired[dict[str, Any]]
 
 
 class Failure(TypedDict):

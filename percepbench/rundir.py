@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from percepbench.embedding_store import SCRATCH_DIR
 from percepbench.errors import UsageError
 from percepbench.fileio import LockHeld, lock_file
 from percepbench.results import RESULTS_FILE, SAMPLES_FILE
@@ -89,7 +90,9 @@ def remove_run_files(out: str | os.PathLike[str]) -> list[Path]:
     gone), ``samples.parquet``, the temporary files an interrupted atomic write of either leaves
     (``.results.json.*.tmp``, ``.samples.parquet.*.tmp``), and in ``report/`` the report's
     ``report.html``, ``report.md`` and the figure files ``report.md`` links (each in every figure format);
-    ``report/`` itself when nothing else is left in it. Every other file stays.
+    ``report/`` itself when nothing else is left in it; the embedding matrices an interrupted retrieval run
+    left in ``.scratch/`` (:mod:`percepbench.embedding_store`), and the folder when it is then empty. Every
+    other file stays.
     """
     from percepbench.reports.build import HTML_FILE, MARKDOWN_FILE, REPORT_DIR
     from percepbench.reports.figures import FORMATS
@@ -107,11 +110,17 @@ def remove_run_files(out: str | os.PathLike[str]) -> list[Path]:
         stems = dict.fromkeys(m.group(1) for m in _FIGURE_LINK.finditer(text))
         targets += [report / f"{stem}.{fmt}" for stem in stems for fmt in FORMATS]
         targets += [report / HTML_FILE, report / MARKDOWN_FILE]
+    scratch = folder / SCRATCH_DIR
+    if scratch.is_dir():
+        targets += sorted(scratch.glob("*.npy"))
     removed = []
     for path in targets:
         if path.is_file() or path.is_symlink():
             path.unlink()
             removed.append(path)
+    if scratch.is_dir():
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
     if report.is_dir():
         with contextlib.suppress(OSError):  # not empty: the user's files stay, and so does the folder
             report.rmdir()

@@ -14,10 +14,12 @@ import datetime as _dt
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 import percepbench
 from percepbench.config import RunConfig
+from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
 from percepbench.errors import DataError, PercepbenchError, UsageError
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import METRICS, TASKS
@@ -297,10 +300,13 @@ def compare_metrics(task_name: str, task: Task, samples: list[pd.DataFrame], con
             groups = [(s, (fa["subset"] == s).to_numpy()) for s in subsets]
             if len(subsets) > 1:
                 groups.append((ALL, np.ones(len(fa), dtype=bool)))
+            measures = getattr(task, "measures", None) or [task.measure]
             for subset, mask in groups:
-                r = task.compare(fa[mask], fb[mask], n_boot=config.n_boot, seed=config.seed)
-                out.append({"task": task_name, "subset": str(subset), "measure": task.measure,
-                            "metric_a": a, "metric_b": b, **r, "n": int(mask.sum())})
+                for measure in measures:
+                    extra = {"measure": measure} if len(measures) > 1 or measure != task.measure else {}
+                    r = task.compare(fa[mask], fb[mask], n_boot=config.n_boot, seed=config.seed, **extra)
+                    out.append({"task": task_name, "subset": str(subset), "measure": measure,
+                                "metric_a": a, "metric_b": b, **r, "n": int(mask.sum())})
     return out
 
 
@@ -386,50 +392,61 @@ def _embedding_path_usable(metric: DistanceMetric, task: Task, spec: MetricSpec)
     return bool(getattr(metric, "embeds", False)) and spec.inputs.size is not None and task.image_paths() is not None
 
 
-def compute_distances_from_embeddings(
-    metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
-    *, file_hashes: dict[str, str],
-) -> tuple[dict[str, np.ndarray], EmbeddingStats]:
-    """Per-item distance columns for an embedding metric on a file-based task.
+def _cache_for(metric: DistanceMetric, spec: MetricSpec, config: RunConfig) -> Any:
+    """The metric's on-disk embedding cache (its fingerprint computed once per run), or None when off."""
+    from percepbench.embed_cache import EmbeddingCache, default_root, metric_fingerprint
 
-    Each unique image file is embedded once (NIGHTS references, BAPPS patches shared across comparisons);
-    with the on-disk cache on, images already embedded under the same metric fingerprint (which includes the
-    precision the metric computes in) are read from it and new finite embeddings are added to it. ``file_hashes`` (path -> sha256) is shared across the metrics of a
-    task so each file is hashed once per run. Returns the columns and counts for the protocol.
+    if config.embed_cache is False:
+        return None
+    memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
+    if memo is None:
+        memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args),
+                                  precision=metric.computes_in(config.precision))
+        metric._percepbench_fingerprint = memo
+    fingerprint, description = memo
+    root = Path(config.embed_cache) if config.embed_cache else default_root()
+    return EmbeddingCache(root, fingerprint, description)
+
+
+def embed_files(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device,
+                desc: str, paths: list[str], store: EmbeddingMatrix, *, file_hashes: dict[str, str],
+                image_references: int | None = None) -> tuple[EmbeddingStats, list[int]]:
+    """Embed every file of ``paths`` (unique) into ``store`` row by row; return the counts and the rows whose
+    embedding is not finite.
+
+    With the on-disk cache on, files already embedded under the same metric fingerprint (which includes the
+    precision the metric computes in) are read from it and new finite embeddings are added to it.
+    ``file_hashes`` (path -> sha256) is shared across the metrics of a task so each file is hashed once per
+    run. Images are streamed through a ``DataLoader`` and each batch is written to ``store`` at once, so
+    memory does not grow with the number of files.
     """
-    from percepbench.embed_cache import EmbeddingCache, default_root, hash_files, metric_fingerprint
+    from percepbench.embed_cache import hash_files
 
-    per_item = task.image_paths()
-    unique = list(dict.fromkeys(p for row in per_item for p in row))
-    index = {p: i for i, p in enumerate(unique)}
-    slot_of = {slot: k for k, slot in enumerate(task.slots)}
-    embeddings: list[np.ndarray | None] = [None] * len(unique)
-    stats: EmbeddingStats = {"unique_images": len(unique), "image_references": sum(len(r) for r in per_item),
+    stats: EmbeddingStats = {"unique_images": len(paths),
+                             "image_references": len(paths) if image_references is None else image_references,
                              "from_cache": 0, "embedded": 0, "cache": None}
-    cache = None
-    if config.embed_cache is not False:
-        todo = [p for p in unique if p not in file_hashes]
+    cache = _cache_for(metric, spec, config)
+    missing = list(range(len(paths)))
+    if cache is not None:
+        todo = [p for p in paths if p not in file_hashes]
         if todo:
             try:
                 workers = max(4, resolve_num_workers(config.num_workers, device))
                 file_hashes.update(zip(todo, hash_files(todo, workers=workers), strict=True))
             except OSError as exc:
                 raise DataError(f"{getattr(exc, 'filename', None) or exc}: cannot read image file ({exc})") from exc
-        memo = getattr(metric, "_percepbench_fingerprint", None)  # hashing the weights once per run is enough
-        if memo is None:
-            memo = metric_fingerprint(metric, spec, _args_for(METRICS, spec.name, config.metric_args),
-                                      precision=metric.computes_in(config.precision))
-            metric._percepbench_fingerprint = memo
-        fingerprint, description = memo
-        root = Path(config.embed_cache) if config.embed_cache else default_root()
-        cache = EmbeddingCache(root, fingerprint, description)
         stats["cache"] = str(cache.dir)
-        for i, p in enumerate(unique):
-            embeddings[i] = cache.get(file_hashes[p])
-        stats["from_cache"] = sum(e is not None for e in embeddings)
-    missing = [i for i, e in enumerate(embeddings) if e is None]
+        missing = []
+        for i, p in enumerate(paths):
+            row = cache.get(file_hashes[p], store.dim)
+            if row is None:
+                missing.append(i)
+            else:
+                store.put([i], row[None, :])
+        stats["from_cache"] = len(paths) - len(missing)
+    bad: list[int] = []
     if missing:
-        dataset = task.image_dataset([unique[i] for i in missing], task.inputs_for(spec.inputs))
+        dataset = task.image_dataset([paths[i] for i in missing], task.inputs_for(spec.inputs))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                             num_workers=resolve_num_workers(config.num_workers, device),
                             pin_memory=device.type == "cuda")
@@ -437,19 +454,39 @@ def compute_distances_from_embeddings(
         with torch.inference_mode(), precision_context(device, config.precision):
             for batch in tqdm(loader, desc=f"{desc} (embed)", unit="batch", disable=not config.progress, leave=False):
                 emb = metric.embed_images(batch.to(device, non_blocking=True)).float().cpu().numpy()
-                for row in emb:
-                    i = missing[pos]
-                    embeddings[i] = row
-                    if cache is not None and np.isfinite(row).all():  # a NaN embedding is never cached
-                        cache.put(file_hashes[unique[i]], row)
-                    pos += 1
+                rows = missing[pos:pos + len(emb)]
+                store.put(rows, emb)
+                finite = np.isfinite(emb).all(axis=1)
+                for i, row, ok in zip(rows, emb, finite, strict=True):
+                    if not ok:
+                        bad.append(i)
+                    elif cache is not None:  # a NaN embedding is never cached
+                        cache.put(file_hashes[paths[i]], row)
+                pos += len(emb)
         stats["embedded"] = len(missing)
     if cache is not None:
         stats["corrupt_entries_replaced"] = cache.corrupt
-    dims = {e.shape[0] for e in embeddings}  # type: ignore[union-attr]
-    if len(dims) > 1:
-        raise RuntimeError(f"{spec.name}: embeddings of different sizes {sorted(dims)}")
-    table = torch.from_numpy(np.stack(embeddings)) if embeddings else torch.empty(0, 0)
+    return stats, bad
+
+
+def compute_distances_from_embeddings(
+    metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
+    *, file_hashes: dict[str, str],
+) -> tuple[dict[str, np.ndarray], EmbeddingStats]:
+    """Per-item distance columns for an embedding metric on a file-based task.
+
+    Each unique image file is embedded once (:func:`embed_files`: NIGHTS references, BAPPS patches shared
+    across comparisons, through the on-disk cache), then every comparison is an ``embedding_distance``
+    between rows of the embedding matrix. Returns the columns and counts for the protocol.
+    """
+    per_item = task.image_paths()
+    unique = list(dict.fromkeys(p for row in per_item for p in row))
+    index = {p: i for i, p in enumerate(unique)}
+    slot_of = {slot: k for k, slot in enumerate(task.slots)}
+    store = EmbeddingMatrix(len(unique))
+    stats, _ = embed_files(metric, task, spec, config, device, desc, unique, store, file_hashes=file_hashes,
+                           image_references=sum(len(r) for r in per_item))
+    table = torch.from_numpy(np.asarray(store.finish())) if unique else torch.empty(0, 0)
     idx = torch.tensor([[index[p] for p in row] for row in per_item], dtype=torch.long).reshape(len(per_item), -1)
     columns: dict[str, np.ndarray] = {}
     with torch.inference_mode():
@@ -461,6 +498,215 @@ def compute_distances_from_embeddings(
                 out.append(metric.embedding_distance(ea, eb).float().reshape(-1).cpu())
             columns[col] = (torch.cat(out) if out else torch.empty(0)).numpy().astype(np.float64)
     return columns, stats
+
+
+# ------------------------------------------------------------------------------------ set-level (retrieval)
+
+
+def embedding_space(metric: DistanceMetric) -> str | None:
+    """How the metric's ``embedding_distance`` maps onto a faiss index: ``"cosine"`` for the default
+    ``1 - cosine`` (and metrics that declare ``embedding_space = "cosine"``), ``"l2"`` when declared, else
+    None (the search then brute-forces ``embedding_distance`` itself)."""
+    declared = getattr(metric, "embedding_space", None)
+    if declared in ("cosine", "l2"):
+        return declared
+    if type(metric).embedding_distance is DistanceMetric.embedding_distance:
+        return "cosine"
+    return None
+
+
+def ranks_with_embeddings(metric: DistanceMetric, task: Task, spec: MetricSpec) -> bool:
+    """Whether a set-level task ranks with this metric's embeddings (else query x gallery distances)."""
+    return bool(getattr(metric, "embeds", False)) and spec.inputs.size is not None
+
+
+def _non_finite(what: str, metric: str, ids: list[str], precision: str) -> NonFiniteDistances:
+    shown = ", ".join(ids[:SHOWN_ITEMS]) + (f", ... ({len(ids)} in all)" if len(ids) > SHOWN_ITEMS else "")
+    cause = ("the autocast precision (rerun with --precision fp32)" if precision != "fp32" else
+             "the input images (for example flat images) or the metric itself")
+    return NonFiniteDistances(f"{metric}: {len(ids)} {what} non-finite: {shown}; a NaN or infinite value has no "
+                              f"order, so the ranking is not scored. Likely cause: {cause}")
+
+
+def rank_gallery(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device,
+                 desc: str, *, file_hashes: dict[str, str], scratch: Path
+                 ) -> tuple[np.ndarray, np.ndarray, EmbeddingStats | None, dict[str, Any]]:
+    """The top-``task.k`` gallery positions and distances of every query of a set-level task.
+
+    Embedding metrics: every image of the task embedded once (:func:`embed_files`, into a memory-mapped
+    matrix in ``scratch``), then :func:`percepbench.search.search` (faiss, exact by default, re-ranked with
+    the metric's ``embedding_distance``; ties by image id). Other metrics: :func:`rank_pairwise`.
+    Returns ``(positions, distances, embedding stats or None, search info)``.
+    """
+    from percepbench.search import search
+
+    computed_in = metric.computes_in(config.precision)
+    if not ranks_with_embeddings(metric, task, spec):
+        positions, distances, info = rank_pairwise(metric, task, spec, config, device, desc)
+        return positions, distances, None, info
+    paths = task.image_files()
+    store = EmbeddingMatrix(len(paths), scratch / f"{uuid.uuid4().hex}.npy")
+    try:
+        stats, bad = embed_files(metric, task, spec, config, device, desc, paths, store, file_hashes=file_hashes)
+        if bad:
+            raise _non_finite("image embeddings are", spec.name, [paths[i] for i in bad], computed_in)
+        matrix = store.finish()
+        space = embedding_space(metric)
+        options = task.search
+
+        def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return metric.embedding_distance(a.to(metric.device), b.to(metric.device))
+
+        result = search(_Rows(matrix, task.query_images), _Rows(matrix, task.gallery_images), task.k,
+                        distance=distance, space=space, exclude=task.self_in_gallery, index=options["index"],
+                        nprobe=options["nprobe"], ef_search=options["ef_search"], device=device,
+                        seed=config.seed, progress=config.progress, desc=f"{desc} (search)")
+    finally:
+        store.close()
+    if not np.isfinite(result.distances).all():
+        rows = np.flatnonzero(~np.isfinite(result.distances).all(axis=1))
+        raise _non_finite("queries have distances that are", spec.name,
+                          [str(task.items["item"].iloc[i]) for i in rows], computed_in)
+    return result.positions, result.distances, stats, result.info
+
+
+class _Rows:
+    """Rows ``rows`` of a (memory-mapped) matrix, indexed like an array of ``len(rows)`` rows."""
+
+    def __init__(self, matrix: np.ndarray, rows: np.ndarray) -> None:
+        self.matrix, self.rows = matrix, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.matrix[self.rows[key]])
+
+
+def _held_images(task: Task, positions: np.ndarray, inputs: Any) -> torch.Tensor:
+    dataset = task.image_dataset([task.images["path"].iloc[int(i)] for i in positions], inputs)
+    return torch.stack([dataset[i] for i in range(len(dataset))])
+
+
+def rank_pairwise(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device,
+                  desc: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Top-k by evaluating the metric on every (query, gallery image) pair, for metrics without embeddings.
+
+    Queries are held in memory in blocks of at most :data:`HELD_IMAGES` images; for each block the gallery
+    images are streamed through a ``DataLoader`` and every (query, gallery) pair is evaluated in batches of
+    ``--batch-size`` pairs. The Q x G distance matrix (at most ``max_pairs`` values, checked before the run
+    by :func:`check_pair_limits`) is ranked with ties broken by image id.
+    """
+    from percepbench.search import tie_key
+
+    t0 = time.perf_counter()
+    inputs = task.inputs_for(spec.inputs)
+    queries, gallery = task.query_images, task.gallery_images
+    nq, ng = len(queries), len(gallery)
+    dist = np.empty((nq, ng), dtype=np.float64)
+    gallery_data = task.image_dataset(task.images["path"].to_numpy()[gallery].tolist(), inputs)
+    workers = resolve_num_workers(config.num_workers, device)
+    bar = tqdm(total=nq * ng, desc=f"{desc} (pairs)", unit="pair", unit_scale=True, disable=not config.progress,
+               leave=False)
+    with torch.inference_mode(), precision_context(device, config.precision):
+        for qs in range(0, nq, HELD_IMAGES):
+            held = _held_images(task, queries[qs:qs + HELD_IMAGES], inputs).to(device)
+            h = held.shape[0]
+            loader = DataLoader(gallery_data, batch_size=max(1, config.batch_size), shuffle=False,
+                                num_workers=workers, pin_memory=device.type == "cuda")
+            gs = 0
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True)
+                b = batch.shape[0]
+                a_idx = torch.arange(h, device=device).repeat_interleave(b)
+                b_idx = torch.arange(b, device=device).repeat(h)
+                out = []
+                for s in range(0, h * b, max(1, config.batch_size)):
+                    sl = slice(s, s + max(1, config.batch_size))
+                    d = metric.pairwise(held[a_idx[sl]], batch[b_idx[sl]])
+                    out.append(d.detach().float().reshape(-1).cpu())
+                dist[qs:qs + h, gs:gs + b] = torch.cat(out).numpy().reshape(h, b)
+                gs += b
+                bar.update(h * b)
+    bar.close()
+    bad = ~np.isfinite(dist)
+    bad[np.arange(nq)[task.self_in_gallery >= 0], task.self_in_gallery[task.self_in_gallery >= 0]] = False
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise _non_finite("queries have distances that are", spec.name,
+                          [str(task.items["item"].iloc[i]) for i in rows], metric.computes_in(config.precision))
+    own = task.self_in_gallery >= 0
+    dist[np.flatnonzero(own), task.self_in_gallery[own]] = np.inf  # leave-one-out
+    order = np.lexsort((np.broadcast_to(np.arange(ng), dist.shape), tie_key(dist)), axis=1)[:, :task.k]
+    info = {"backend": "pairwise (the metric on every query x gallery pair)", "index": "exact",
+            "queries": nq, "gallery": ng, "k": task.k, "pairs": nq * ng,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    return order, np.take_along_axis(dist, order, axis=1), info
+
+
+#: how ``meta.protocol`` labels a load size a task fixed for native-size metrics (unless it has ``resize_note``)
+OFFICIAL_LOAD = "the task's official protocol"
+#: query images a pairwise ranking holds in memory at once
+HELD_IMAGES = 256
+#: pairs timed to estimate how long a refused pairwise ranking would take
+_PROBE_PAIRS = 8
+
+
+def _pairs_per_second(metric: DistanceMetric, size: int, device: torch.device, config: RunConfig) -> float:
+    """Measured throughput of ``metric.pairwise`` on random images of ``size`` (one warm-up, one timed batch)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (_PROBE_PAIRS, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
+    b = torch.randint(0, 256, (_PROBE_PAIRS, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
+    with torch.inference_mode(), precision_context(device, config.precision):
+        metric.pairwise(a, b)
+        t0 = time.perf_counter()
+        metric.pairwise(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+    return _PROBE_PAIRS / max(elapsed, 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
+
+
+def check_pair_limits(tasks: list[tuple[TaskSpec, Task]], metric_specs: list[MetricSpec],
+                      metrics: dict[str, DistanceMetric], config: RunConfig, device: torch.device) -> None:
+    """Refuse, before anything runs, every (set-level task, metric without embeddings) whose query x gallery
+    distance evaluations exceed the task's ``max_pairs``: one :class:`UsageError` listing each with its
+    count, the limit, the estimated time (measured on a few random pairs on this device) and the option
+    that raises the limit."""
+    problems = []
+    for tspec, task in tasks:
+        if not getattr(task, "set_level", False):
+            continue
+        pairs = task.pair_count()
+        if pairs <= task.max_pairs:
+            continue
+        for mspec in metric_specs:
+            metric = metrics[mspec.name]
+            if ranks_with_embeddings(metric, task, mspec):
+                continue
+            size = task.inputs_for(mspec.inputs).size or 224
+            rate = _pairs_per_second(metric, size, device, config)
+            problems.append(f"{mspec.name} on {tspec.name}: {pairs:,} query x gallery distance evaluations "
+                            f"({len(task.query_images):,} queries x {len(task.gallery_images):,} gallery images) "
+                            f"exceed the limit max_pairs={task.max_pairs:,}; at {rate:,.0f} pairs/s measured on "
+                            f"{device} ({size}x{size}) that is about {_duration(pairs / rate)}")
+    if problems:
+        names = sorted({p.split(" on ", 1)[1].split(":", 1)[0] for p in problems})
+        raise UsageError(
+            "metrics without embeddings rank a gallery by evaluating every (query, gallery image) pair, and "
+            "these runs are too large:\n  " + "\n  ".join(problems) + "\nUse fewer queries or a smaller "
+            f"gallery (--task-args {names[0]}:queries=N,gallery=N), an embedding metric, or raise the limit "
+            f"with --task-args {names[0]}:max_pairs=N")
 
 
 def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None) -> RunResults:
@@ -506,6 +752,7 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         for tspec, task in tasks:
             _prepare_task(tspec, task, config)
         metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
+        check_pair_limits(tasks, metric_specs, metrics, config, device)
         out = _make_out_dir(requested)
         if not locked:
             stack.enter_context(lock_run_dir(out))
@@ -513,6 +760,7 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
                 previous = _previous_run(out, config, settings)
         if config.overwrite:
             remove_run_files(out)
+        shutil.rmtree(out / SCRATCH_DIR, ignore_errors=True)  # what an interrupted run of this directory left
 
         meta: RunMeta = {
             **environment(device),
@@ -596,16 +844,23 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 continue
             t0 = time.perf_counter()
             embedding_stats = None
+            search_info = None
             try:
                 metric = metrics[mspec.name]
                 desc = f"{tspec.name} · {mspec.name}"
-                if _embedding_path_usable(metric, task, mspec):
+                if getattr(task, "set_level", False):
+                    positions, distances, embedding_stats, search_info = rank_gallery(
+                        metric, task, mspec, config, device, desc, file_hashes=file_hashes,
+                        scratch=out / SCRATCH_DIR)
+                    dists = task.ranking_columns(positions, distances)
+                elif _embedding_path_usable(metric, task, mspec):
                     dists, embedding_stats = compute_distances_from_embeddings(
                         metric, task, mspec, config, device, desc, file_hashes=file_hashes)
                 else:
                     dists = compute_distances(metric, task, mspec, config, device, desc)
-                check_finite_distances(dists, items, metric=mspec.name, precision=config.precision,
-                                       computed_in=metric.computes_in(config.precision))
+                if not getattr(task, "set_level", False):
+                    check_finite_distances(dists, items, metric=mspec.name, precision=config.precision,
+                                           computed_in=metric.computes_in(config.precision))
             except Exception as exc:  # one broken metric must not lose the others' results
                 failure: Failure = {"task": tspec.name, "metric": mspec.name,
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
@@ -619,7 +874,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
             frame = items.copy()
             for col, values in dists.items():
                 frame[col] = values
-            frame["score"] = task.item_scores(frame)
+            if "score" not in dists:
+                frame["score"] = task.item_scores(frame)
             frame.insert(0, "metric", mspec.name)
             frame.insert(0, "task", tspec.name)
             samples.append(frame)
@@ -631,12 +887,15 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 "inputs": loaded.to_dict(),
                 "resize": ("native size" if loaded.size is None else
                            f"{loaded.size}x{loaded.size} {loaded.interpolation}")
-                          + (" (the task's official protocol)" if loaded != mspec.inputs else ""),
+                          + (f" ({getattr(task, 'resize_note', None) or OFFICIAL_LOAD})" if loaded != mspec.inputs
+                             else ""),
                 "scales_used": getattr(metric, "last_scales", None),
                 "precision": metric.computes_in(config.precision),
                 "embedding": embedding_stats,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            if search_info is not None:
+                entry["search"] = search_info
             meta["protocol"].append(entry)
             flush()
         position["metric"] = None

@@ -205,7 +205,7 @@ def collect(results: RunResults) -> ReportContent:
                      "the results cover only the (task, metric) pairs that finished.")
     if results.samples is None:
         notes.append("This run has no per-item samples (samples.parquet), so the sample-based figures "
-                     "(metric agreement, decision margins) are not shown.")
+                     "(metric agreement, decision margins, nearest-neighbour grids) are not shown.")
     return ReportContent(
         run_dir=results.path, complete=results.complete, meta=meta, tasks=tasks, headline=headline,
         n_subsets=n_subsets, failures=_failures(meta), protocol=_protocol(meta),
@@ -221,12 +221,15 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
 
     ``out_dir`` defaults to ``<run_dir>/report``. ``formats`` picks the figure files (``png``, ``svg``,
     ``pdf``); the HTML report inlines SVG whatever the formats, the Markdown report links the PNGs (or
-    the first format written). Returns ``{"figures": [...], "html": path, "markdown": path,
-    "out_dir": path}``. Raises :class:`percepbench.errors.DataError` naming the file when the run
+    the first format written). Raster figures (a retrieval task's nearest-neighbour grid) are written as
+    PNG whatever the formats (plus PDF when asked, never SVG: the thumbnails would make it as big as the
+    PNG and no sharper) and inlined in the HTML as an image (a JPEG copy when smaller). Returns ``{"figures": [...], "html": path,
+    "markdown": path, "out_dir": path}``. Raises :class:`percepbench.errors.DataError` naming the file when the run
     directory cannot be read, and ``ValueError`` on an unknown format.
     """
     from percepbench.reports.html import render_html
     from percepbench.reports.markdown import render_markdown
+    from percepbench.reports.retrieval_figures import raster_svg
 
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in F.FORMATS]
@@ -245,8 +248,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
         while name in used:  # two task names with the same slug
             name, i = f"{fig.name}-{i}", i + 1
         used.add(name)
-        svg = F.svg_text(fig.figure)
-        files = F.save_figure(fig.figure, out, name, formats, svg=svg)
+        if fig.raster:  # thumbnails: PNG always (SVG would be as big and no sharper), PDF when asked
+            files = F.save_figure(fig.figure, out, name, ["png", *(f for f in formats if f == "pdf")])
+            svg = raster_svg(files[0].read_bytes())
+        else:
+            svg = F.svg_text(fig.figure)
+            files = F.save_figure(fig.figure, out, name, formats, svg=svg)
         content.figures.append(FigureEntry(name, fig.task, fig.title, files, svg))
         written += files
         fig.figure.clear()  # free the drawing; Figures made without pyplot need no plt.close

@@ -7,7 +7,8 @@ and new values, ``delta = new - baseline`` (points), a 95% CI of ``delta`` and a
 
 - ``method="paired"``: both runs carry per-item samples for the ``(task, metric)``, the subset holds the same
   item ids in both, the items' label columns agree, the samples' scores (JND: distances) are finite and
-  they reproduce the records. The per-item
+  they reproduce the records. The per-item values are the column named like the measure when the
+  samples have one (retrieval: ``recall@1``, ``map@10``...), else ``score``. The per-item
   score differences ``new - baseline`` (x100) go through :func:`percepbench.stats.paired_comparison`
   (paired bootstrap CI, sign-flip permutation p-value).
 - ``method="records"`` otherwise (``"records (<why>)"`` when samples exist but cannot be paired): a
@@ -30,7 +31,8 @@ Statuses (the gate fails safe: a drop it cannot judge and a value that is not a 
 - ``new``: the row is only in the new run (informational).
 
 Every measure a task produces today is "higher is better" (``2afc_accuracy``, ``odd_one_out_accuracy``,
-``jnd_map``, all in points), which is what the statuses assume.
+``jnd_map``, the retrieval ``recall@k``, ``precision@k`` and ``map@k``, all in points), which is what the
+statuses assume.
 
 Two runs are **incomparable** (:class:`~percepbench.errors.DataError`, exit 2) when a file is missing,
 unreadable or of another schema/version; when one run holds the same ``(task, subset, metric, measure)``
@@ -94,6 +96,9 @@ RUN_REPORT_DIR = "report"
 _OWN_HEADERS = ("## percepbench compare: ", '<?xml version="1.0" encoding="utf-8"?>\n<testsuites name="percepbench compare"')
 
 _SAMPLE_COLUMNS = {*SAMPLE_KEY_COLUMNS, "score"}
+#: the subset prefix of a retrieval task's per-class records (``percepbench.tasks.retrieval.CLASS_PREFIX``;
+#: repeated here so that compare imports no task code)
+CLASS_PREFIX = "class:"
 _DISTANCE_COLUMN = re.compile(r"^d\d*$")  # d (JND), d0, d1 (2AFC), d12, d13, d23 (odd-one-out)
 
 
@@ -433,11 +438,19 @@ def _check_tasks(b: pd.DataFrame, n: pd.DataFrame, base: _Run, new: _Run, notes:
 
 def _item_columns(samples: pd.DataFrame) -> list[str]:
     """Columns describing the item (labels, file names), not the metric: same value for every metric."""
-    cols = [c for c in samples.columns if c not in _SAMPLE_COLUMNS and not _DISTANCE_COLUMN.match(str(c))]
+    cols = [c for c in samples.columns if c not in _SAMPLE_COLUMNS and not _DISTANCE_COLUMN.match(str(c))
+            and not _holds_lists(samples[c])]
     if samples["metric"].nunique() > 1 and cols:
         varying = samples.groupby("item", sort=False)[cols].nunique(dropna=False).max()
         cols = [c for c in cols if varying[c] <= 1]
     return cols
+
+
+def _holds_lists(column: pd.Series) -> bool:
+    """A column of per-item lists (a retrieval query's top-k ids, distances, hits): the metric's output, not
+    a label of the item."""
+    first = column.dropna()
+    return bool(len(first)) and isinstance(first.iloc[0], (list, tuple, np.ndarray))
 
 
 class _Samples:
@@ -462,6 +475,10 @@ class _Samples:
             return None
         if subset == ALL and not (f["subset"] == ALL).any():
             return f  # the pooled record covers every item of the task
+        if subset.startswith(CLASS_PREFIX) and not (f["subset"] == subset).any() and "label" in f.columns:
+            # a retrieval per-class record: the queries that carry the label (labels joined by "|")
+            name = subset[len(CLASS_PREFIX):]
+            return f[[name in str(v).split("|") for v in f["label"]]]
         return f[f["subset"] == subset]
 
 
@@ -504,7 +521,9 @@ def _paired(sb: _Samples, sn: _Samples, task: str, subset: str, metric: str, del
     if n_bad:
         return None, f"labels differ on {n_bad} of {len(fb)} items ({', '.join(which)})"
     jnd = measure == JND_MEASURE and {"d", "same"} <= set(fb.columns) & set(fn.columns)
-    used = ["d"] if jnd else ["score"]
+    # a task with several measures (retrieval) keeps each measure's per-item values in a column of its name
+    column = measure if measure and measure in set(fb.columns) & set(fn.columns) else "score"
+    used = ["d"] if jnd else [column]
     if not all(np.isfinite(f[c].to_numpy(np.float64)).all() for f in (fb, fn) for c in used):
         return None, f"non-finite {used[0]} values in the samples"
     if jnd:
@@ -512,7 +531,7 @@ def _paired(sb: _Samples, sn: _Samples, task: str, subset: str, metric: str, del
         r = paired_ap_comparison(fn["d"].to_numpy(np.float64), fb["d"].to_numpy(np.float64),
                                  fn["same"].to_numpy(np.float64), n_boot=n_boot, seed=seed)
     else:
-        r = paired_comparison(fn["score"].to_numpy(np.float64) * 100, fb["score"].to_numpy(np.float64) * 100,
+        r = paired_comparison(fn[column].to_numpy(np.float64) * 100, fb[column].to_numpy(np.float64) * 100,
                               n_boot=n_boot, seed=seed)
     if not math.isclose(r["diff"], delta, rel_tol=1e-6, abs_tol=1e-6):
         return None, "samples do not reproduce the records' values"

@@ -22,8 +22,17 @@ replaced by ``_``):
   (``score > 0.5``) and wrong (``score < 0.5``); items with ``score == 0.5`` (ties, or soft labels of
   exactly one half) are excluded and counted in the panel title. Needs samples.
 
-A figure exists for each kind of record the built-in tasks produce (2AFC, odd-one-out, JND) and no other:
-a task kind that adds a new kind of record adds its figures with it.
+Retrieval tasks (kind ``retrieval``; :mod:`percepbench.reports.retrieval_figures`) get no bars for their
+``recall@k``/``precision@k``/``map@k`` records but:
+
+- ``retrieval_<task>``: the three measure families against k on the pooled subset, one line per metric
+  with the records' 95% CI as whiskers;
+- ``neighbours_<task>``: a nearest-neighbour grid of a few queries, one row per (query, metric), with the
+  neighbours framed green (relevant) or red (not); a raster figure (:attr:`ReportFigure.raster`), written
+  as PNG. Needs samples; images that cannot be opened are grey "missing" tiles, listed in the notes.
+
+A figure exists for each kind of record the built-in tasks produce (2AFC, odd-one-out, JND, retrieval) and
+no other: a task kind that adds a new kind of record adds its figures with it.
 """
 
 from __future__ import annotations
@@ -112,12 +121,17 @@ _METRIC_ALIASES = {"dreamsim": "dreamsim.ensemble"}
 
 @dataclass
 class ReportFigure:
-    """One figure of a report: file stem, the task it belongs to, a title and the matplotlib Figure."""
+    """One figure of a report: file stem, the task it belongs to, a title and the matplotlib Figure.
+
+    ``raster``: the figure is mostly pixels (thumbnails), so it is written as PNG only (plus PDF when
+    asked) whatever the report's formats, and the HTML report inlines it as an image instead of an SVG.
+    """
 
     name: str
     task: str
     title: str
     figure: Figure
+    raster: bool = False
 
 
 def slug(name: str) -> str:
@@ -234,8 +248,14 @@ def _pooled_subset(subsets: Iterable[str]) -> str | None:
 
 
 def is_percent(measure: str) -> bool:
-    """Whether a measure is a percentage (the accuracies) rather than a value in its own units."""
-    return str(measure).endswith("accuracy")
+    """Whether a measure is a percentage (the accuracies; retrieval's recall@k, precision@k and map@k)
+    rather than a value in its own units.
+
+    >>> [is_percent(m) for m in ("2afc_accuracy", "recall@5", "precision@10", "map@1", "recall", "srocc")]
+    [True, True, True, True, False, False]
+    """
+    text = str(measure)
+    return text.endswith("accuracy") or re.fullmatch(r"(recall|precision|map)@\d+", text) is not None
 
 
 def _n_text(n: pd.Series) -> str:
@@ -352,12 +372,15 @@ def _draw_references(ax, refs: list[Reference], names: list[str], ypos: np.ndarr
 # ---------------------------------------------------------------------------------------------- samples
 
 def task_kind(task: str, meta: Mapping[str, Any] | None, samples: pd.DataFrame | None = None) -> str | None:
-    """The task's kind from ``meta["tasks"]``, else guessed from its sample columns (2AFC/odd-one-out)."""
+    """The task's kind from ``meta["tasks"]``, else guessed from its sample columns (2AFC, odd-one-out,
+    retrieval)."""
     spec = ((meta or {}).get("tasks") or {}).get(task) or {}
     if spec.get("kind"):
         return str(spec["kind"])
     if samples is not None:
         cols = set(samples.columns)
+        if "topk_ids" in cols and samples["topk_ids"].notna().any():
+            return "retrieval"
         if {"d12", "d13", "d23"} <= cols and samples[["d12", "d13", "d23"]].notna().any().all():
             return "odd_one_out"
         if {"d0", "d1"} <= cols:
@@ -527,6 +550,9 @@ def make_figures(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.Dat
         if recs.empty:
             notes.append(f"{task}: no records (every metric failed or the run stopped before it)")
             continue
+        if kind == "retrieval":
+            _retrieval_figures(task, meta, records, samples, palette, figs, notes)
+            continue
         measures = list(dict.fromkeys(recs["measure"].astype(str)))
         for measure in measures:
             fig = score_figure(records, task, palette=palette, measure=measure, meta=meta)
@@ -557,3 +583,50 @@ def make_figures(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.Dat
             figs.append(ReportFigure(f"margins_{slug(task)}", task,
                                      f"{task}: decision margins of right and wrong items", fig))
     return figs, notes
+
+
+def _retrieval_figures(task: str, meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.DataFrame | None,
+                       palette: Mapping[str, Any], figs: list[ReportFigure], notes: list[str]) -> None:
+    """A retrieval task's curve figure and nearest-neighbour grid (:mod:`.retrieval_figures`), its
+    notes, and bar charts for any of its measures that are not ``recall/precision/map@k``."""
+    from percepbench.reports import retrieval_figures as R
+
+    recs = records[records["task"] == task]
+    headline = next((m for m in dict.fromkeys(recs["measure"].astype(str)) if R.parse_measure(m)), None)
+    pooled = R.pooled_subset(recs["subset"])
+    order = (recs[(recs["subset"] == pooled) & (recs["measure"] == headline)]
+             .sort_values(["value", "metric"], ascending=[False, True])["metric"].astype(str).tolist())
+    order += sorted(set(recs["metric"].astype(str)) - set(order))
+    fig = R.retrieval_figure(records, task, palette=palette, metrics=order)
+    if fig is not None:
+        figs.append(ReportFigure(f"retrieval_{slug(task)}", task,
+                                 f"{task}: recall@k, precision@k and mAP@k per metric", fig))
+    elif headline is not None:
+        notes.append(f"{task}: no pooled subset (all, or a single subset) to draw the retrieval curves from")
+    others = [m for m in dict.fromkeys(recs["measure"].astype(str)) if not R.parse_measure(m)]
+    for measure in others:
+        bars = score_figure(records, task, palette=palette, measure=measure, meta=meta)
+        if bars is not None:
+            figs.append(ReportFigure(f"scores_{slug(task)}_{slug(measure)}", task, f"{task}: {measure} per metric",
+                                     bars))
+    notes.append(f"{task}: agreement and margin figures apply to 2AFC and odd-one-out tasks only "
+                 "(kind 'retrieval')")
+    task_samples = samples[samples["task"] == task] if samples is not None else None
+    grid = None
+    if task_samples is not None and not task_samples.empty:
+        grid = R.neighbour_grid(task_samples, task, metrics=order, palette=palette)
+    if grid is None:
+        notes.append(f"{task}: no per-item samples with rankings (topk_ids) in this run, so the "
+                     "nearest-neighbour grid was skipped")
+        return
+    shown, ranked = len(grid.metrics), task_samples["metric"].nunique()
+    if shown < ranked:
+        notes.append(f"{task}: the nearest-neighbour grid shows the first {shown} of {ranked} metrics "
+                     f"(at most {R.MAX_ROWS} rows)")
+    figs.append(ReportFigure(f"neighbours_{slug(task)}", task,
+                             f"{task}: nearest neighbours of {len(grid.queries)} queries per metric", grid.figure,
+                             raster=True))
+    if grid.missing:
+        notes.append(f"{task}: {len(grid.missing)} image(s) of the nearest-neighbour grid could not be opened "
+                     f"and are drawn as grey 'missing' tiles: {', '.join(grid.missing[:10])}"
+                     + (f" and {len(grid.missing) - 10} more" if len(grid.missing) > 10 else ""))

@@ -107,7 +107,10 @@ def render_markdown(content: ReportContent, *, image_format: str | None = "png")
         if image_format:
             for fig in content.figures:
                 if fig.task == task:
-                    out += [_image(fig.name, fig.title, image_format), ""]
+                    # a figure written only as PNG (the nearest-neighbour grid) is linked in a format it has
+                    suffixes = [f.suffix.lstrip(".") for f in fig.files]
+                    fmt = image_format if not suffixes or image_format in suffixes else suffixes[0]
+                    out += [_image(fig.name, fig.title, fmt), ""]
 
     out += ["## Failures", ""]
     if content.failures.rows:

@@ -10,7 +10,9 @@ from percepbench.results import ALL
 def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
     """One block per task: metrics as rows (best first), subsets as columns, the pooled score with its CI.
 
-    Values are the task's measure (2AFC accuracy in %, for 2AFC tasks).
+    Values are the task's measure (2AFC accuracy in %, for 2AFC tasks). A task with several measures
+    (retrieval: recall@k, precision@k, map@k) gets one column per measure instead, pooled over its subsets,
+    with the 95% CI of its first measure.
     """
     if records.empty:
         return "(no results)"
@@ -18,6 +20,9 @@ def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
     tasks = [task] if task else list(dict.fromkeys(records["task"]))
     for t in tasks:
         df = records[records["task"] == t]
+        if df["measure"].nunique() > 1:
+            blocks.append(_measures_block(t, df))
+            continue
         measure = df["measure"].iloc[0]
         table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
         subsets = [c for c in table.columns if c != ALL]
@@ -44,3 +49,24 @@ def _row(cells: list, widths: list[int]) -> str:
     """First column left-aligned, the others right-aligned."""
     return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                      for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def _measures_block(task: str, df: pd.DataFrame) -> str:
+    """Metrics as rows (best first on the first measure), measures as columns, on the pooled subset."""
+    measures = list(dict.fromkeys(df["measure"]))
+    subsets = list(dict.fromkeys(df["subset"]))
+    overall = ALL if ALL in subsets else subsets[0]
+    pooled = df[df["subset"] == overall]
+    wide = pooled.pivot_table(index="metric", columns="measure", values="value", aggfunc="first")
+    first = pooled[pooled["measure"] == measures[0]].set_index("metric")
+    order = first["value"].sort_values(ascending=False).index
+    n = int(first["n"].iloc[0])
+    head = f"{task} — {overall}, n={n} (%; 95% CI of {measures[0]})"
+    header = ["metric", *measures, "95% CI"]
+    rows = []
+    for metric in order:
+        rec = first.loc[metric]
+        rows.append([metric, *[f"{wide.loc[metric].get(m, float('nan')):.1f}" for m in measures],
+                     f"[{rec['ci_low']:.1f}, {rec['ci_high']:.1f}]"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join([head] + [_row(r, widths) for r in [header, ["-" * w for w in widths], *rows]])

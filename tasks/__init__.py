@@ -1,10 +1,21 @@
 """Tasks: scoring kinds and the built-in benchmarks (installed as ``percepbench.tasks``).
 
 Importing this package registers every built-in task spec, and the dataset source each benchmark module
-declares beside its tasks (``nights``, ``bapps``, ``things``: :data:`percepbench.registry.DATASETS`).
+declares beside its tasks (``nights``, ``bapps``, ``things``, ``imagenet_r``, ``coco``:
+:data:`percepbench.registry.DATASETS`). The retrieval task kind is in :mod:`percepbench.tasks.retrieval`.
 """
 
-from percepbench.tasks import bapps, csv_tasks, jnd, nights, severity, things  # noqa: F401  (registers their specs)
+from percepbench.tasks import (  # noqa: F401  (registers their specs)
+    bapps,
+    coco,
+    csv_tasks,
+    imagenet_r,
+    jnd,
+    nights,
+    retrieval_user,
+    severity,
+    things,
+)
 from percepbench.tasks.base import Task, TwoAFCTask, score_2afc
 from percepbench.tasks.jnd import JNDTask, jnd_average_precision
 

@@ -110,3 +110,23 @@ class NaNEmbed(ToyEmbed):
 
     def embed(self, x):
         return torch.full((x.shape[0], 4), float("nan"), device=x.device)
+
+
+class GreyLevel(DistanceMetric):
+    """An embedding metric on flat images: the embedding is the mean pixel value (x 255), the distance the
+    absolute difference (an L2 space), so rankings of flat grey images can be worked out by hand. Counts
+    the images it embedded."""
+
+    embeds = True
+    embedding_space = "l2"
+    embedded = 0
+
+    def embed(self, x):
+        type(self).embedded += x.shape[0]
+        return x.flatten(1).mean(1, keepdim=True) * 255
+
+    def embedding_distance(self, a, b):
+        return (a - b).norm(dim=-1)
+
+    def distance(self, preds, target):
+        return self.embedding_distance(self.embed(preds), self.embed(target))

@@ -10,6 +10,10 @@ folder and returns it.
 - BAPPS JND: ``dataset/jnd/val/<subset>/{p0,p1,same}/<stem>.png|.npy`` (REFERENCE §3).
 - THINGS: ``things/things_valset.txt`` (three names a line) beside ``things/<name>.png`` (REFERENCE §4).
 - User CSV tables (``2afc_csv``, ``jnd_csv``): a CSV beside the images it names.
+- ImageNet-R (retrieval): ``imagenet-r/<wnid>/<rendition>_<n>.jpg`` (real JPEG files; REFERENCE §8).
+- COCO val2017 (retrieval): ``val2017/<file_name>`` (JPEG) and ``annotations/instances_val2017.json``
+  with ``images``, ``annotations`` (``image_id``, ``category_id``, ``area``, ``iscrowd``) and
+  ``categories`` (REFERENCE §8).
 
 Images are flat colours (a grey level or an RGB triple), so a toy metric's distance can be worked out by
 hand (``helpers_metrics.MeanAbs`` gives ``|a - b| / 255``); ``noise`` adds seeded uniform noise. Every item
@@ -20,6 +24,7 @@ names the files to leave out (``missing``) or to write as bytes no reader accept
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +297,104 @@ def make_csv_table(path: str | Path, rows: Sequence[Mapping[str, object]], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(list(rows)).to_csv(path, index=False)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ retrieval
+
+
+def jpeg_bytes(value: Colour, size: int | tuple[int, int] = 8) -> bytes:
+    """A JPEG of one colour (grey level or RGB), ``size`` square or (width, height)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    rgb = (value,) * 3 if isinstance(value, int) else tuple(value)
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def image_bytes(name: str, value: Colour, size: int | tuple[int, int] = 8) -> bytes:
+    """A flat image in the format ``name``'s suffix says: JPEG for ``.jpg``/``.jpeg``, else PNG."""
+    return jpeg_bytes(value, size) if Path(name).suffix.lower() in (".jpg", ".jpeg") else png_bytes(value, size)
+
+
+def imagenet_r_files(classes: Mapping[str, Mapping[str, Colour]], *, size: int = 8, prefix: str = "imagenet-r",
+                     damaged: Sequence[str] = ()) -> dict[str, bytes]:
+    """``<prefix>/<wnid>/<file>`` for ``classes`` = {wnid: {file name: colour}}: with the default prefix, the
+    members of the official ``imagenet-r.tar``; ``prefix=""`` gives paths relative to the ``imagenet-r``
+    folder. Files ``<wnid>/<file>`` listed in ``damaged`` hold ``DAMAGED``."""
+    files: dict[str, bytes] = {}
+    for wnid, images in classes.items():
+        for name, value in images.items():
+            rel = f"{wnid}/{name}"
+            files[_join(prefix, rel)] = DAMAGED if rel in damaged else image_bytes(name, value, size)
+    return files
+
+
+def make_imagenet_r(folder: str | Path, classes: Mapping[str, Mapping[str, Colour]], **options) -> Path:
+    """Write ``imagenet_r_files(classes, prefix="", **options)`` to ``folder`` (the folder holding the class
+    folders, which ``imagenet_r:root=`` names; under a data root ``<data root>/imagenet_r/imagenet-r``);
+    returns ``folder``."""
+    return write_files(folder, imagenet_r_files(classes, prefix="", **options))
+
+
+#: a few real COCO category ids and names
+COCO_CATEGORIES = {1: "person", 2: "bicycle", 3: "car", 17: "cat", 18: "dog"}
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One COCO val2017 image: a flat ``colour`` and its ``instances`` ``(category_id, area)`` or
+    ``(category_id, area, iscrowd)``; the file is ``val2017/<file_name>`` (default ``<id as 12 digits>.jpg``).
+    ``missing``: the file is left out; ``damaged``: it holds ``DAMAGED``."""
+
+    id: int
+    colour: Colour = 128
+    instances: tuple[tuple, ...] = ()
+    file_name: str | None = None
+    missing: bool = False
+    damaged: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.file_name or f"{self.id:012d}.jpg"
+
+
+def coco_instances(images: Sequence[CocoImage], categories: Mapping[int, str] = COCO_CATEGORIES,
+                   *, size: int = 8) -> dict:
+    """The ``instances_val2017.json`` content for ``images`` (as a dict): annotation ids 1, 2, ... in order,
+    a square bbox whose side is sqrt(area), a dummy polygon; ``size`` is written as width and height."""
+    annotations = []
+    for image in images:
+        for inst in image.instances:
+            cat, area, crowd = (*inst, 0) if len(inst) == 2 else inst
+            side = float(area) ** 0.5
+            annotations.append({"id": len(annotations) + 1, "image_id": image.id, "category_id": cat,
+                                "area": area, "iscrowd": int(crowd), "bbox": [0.0, 0.0, side, side],
+                                "segmentation": [[0.0, 0.0, side, 0.0, side, side]]})
+    return {
+        "info": {"description": "generated by percepbench tests"},
+        "images": [{"id": i.id, "file_name": i.name, "width": size, "height": size} for i in images],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": n, "supercategory": "thing"} for c, n in categories.items()],
+    }
+
+
+def coco_files(images: Sequence[CocoImage], categories: Mapping[int, str] = COCO_CATEGORIES, *,
+               size: int = 8, instances: dict | None = None) -> dict[str, bytes]:
+    """``val2017/<file_name>`` for each image and ``annotations/instances_val2017.json``, relative to the
+    ``coco`` folder (the official ``val2017.zip`` and ``annotations_trainval2017.zip`` hold the same paths);
+    ``instances`` replaces the generated JSON content (to write a malformed file)."""
+    files: dict[str, bytes] = {}
+    for image in images:
+        if not image.missing:
+            files[f"val2017/{image.name}"] = DAMAGED if image.damaged else image_bytes(image.name, image.colour,
+                                                                                         size)
+    content = coco_instances(images, categories, size=size) if instances is None else instances
+    files["annotations/instances_val2017.json"] = json.dumps(content).encode()
+    return files
+
+
+def make_coco(folder: str | Path, images: Sequence[CocoImage], categories: Mapping[int, str] = COCO_CATEGORIES,
+              **options) -> Path:
+    """Write ``coco_files(images, categories, **options)`` to ``folder`` (the ``coco`` folder, which
+    ``coco_retrieval:root=`` names; under a data root ``<data root>/coco``); returns ``folder``."""
+    return write_files(folder, coco_files(images, categories, **options))

@@ -19,6 +19,8 @@ MODULES_WITH_EXAMPLES = [
     "percepbench.models.dreamsim",
     "percepbench.tasks.base",
     "percepbench.tasks.things",
+    "percepbench.search",
+    "percepbench.tasks.retrieval",
 ]
 
 
