@@ -27,6 +27,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics", "-m", help="comma-separated metric names or globs (default: all usable offline)")
     p.add_argument("--tasks", "-t", help="comma-separated task names or globs (default: severity2afc)")
+    _add_run_options(p)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``run`` after --metrics and --tasks (shared with ``analyze attributes``)."""
     p.add_argument("--out", "-o", help="output directory (default: runs/<timestamp>); one run at a time, and its "
                                        "results are overwritten only with --overwrite")
     p.add_argument("--resume", action="store_true", default=None,
@@ -60,6 +65,39 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true",
                    help="do not write the report (figures, report.html, report.md) into <out>/report")
+
+
+#: ``analyze attributes --analyses`` names -> task names
+ANALYSES = {"curves": "attr_curves", "contests": "attr_contests", "reliance": "attr_reliance"}
+
+
+def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="what metrics are sensitive to: attribute analyses, feature inversion",
+                       description="Analyses of metric behaviour (REFERENCE §7), offline by default.")
+    asub = p.add_subparsers(dest="analyze_command", metavar="ANALYSIS")
+    asub.required = True
+    q = asub.add_parser(
+        "attributes", help="edit curves, attribute contests and foreground/background reliance per metric",
+        description="Run the attribute analyses (tasks attr_curves, attr_contests, attr_reliance) as one "
+                    "`percepbench run`: results.json, samples.parquet and the report as for any run, so "
+                    "`compare` gates them. Offline by default (the photographs bundled with scikit-image and "
+                    "scikit-learn).")
+    q.add_argument("--metrics", "-m", help="comma-separated metric names or globs (default: all usable offline)")
+    q.add_argument("--analyses", default="curves,contests,reliance",
+                   help="comma-separated: curves, contests, reliance (default: all three)")
+    q.add_argument("--pool", choices=["bundled", "composites", "folder", "coco"],
+                   help="image pool of the curves and contests (default bundled); reliance needs masks and uses "
+                        "composites unless the pool is a folder")
+    q.add_argument("--path", help="folder of images for --pool folder (masks in <folder>/masks/<stem>.png), or the "
+                                  "coco folder for --pool coco (default <data root>/coco)")
+    q.add_argument("--images", type=int, help="images in the pool (default 12)")
+    q.add_argument("--size", type=int, help="image side in pixels (default 96)")
+    q.add_argument("--attributes", help="attributes of the curves (and contests), '+'-separated, e.g. hue+blur+noise "
+                                        "(default: every attribute the pool supports)")
+    _add_run_options(q)
+    from percepbench.inversion_options import add_inversion_parser
+
+    add_inversion_parser(asub)
 
 
 def _add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_run_parser(sub)
+    _add_analyze_parser(sub)
     _add_report_parser(sub)
     _add_compare_parser(sub)
     _add_list_parser(sub)
@@ -160,20 +199,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.analyze_command == "inversion":
+        from percepbench.inversion import cmd_inversion
+
+        return cmd_inversion(args)
+    from percepbench.config import split_list
+
+    names = split_list(args.analyses) or []
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown or not names:
+        raise UsageError(f"--analyses takes {', '.join(ANALYSES)} (comma-separated), got {args.analyses!r}")
+    common: dict[str, Any] = {}
+    if args.images is not None:
+        common["images"] = args.images
+    if args.size is not None:
+        common["size"] = args.size
+    if args.path is not None:
+        common["path"] = args.path
+    task_args: dict[str, dict[str, Any]] = {}
+    for name in names:
+        options = dict(common)
+        pool = args.pool
+        if name == "reliance" and pool == "bundled":
+            pool = None  # the bundled crops have no masks: reliance keeps its composites
+        if pool is not None:
+            options["pool"] = pool
+        if args.attributes and name in ("curves", "contests"):
+            options["attributes"] = args.attributes
+        task_args[ANALYSES[name]] = options
+    return cmd_run(args, tasks=[ANALYSES[n] for n in names], extra_task_args=task_args)
+
+
+def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
+            extra_task_args: dict[str, dict[str, Any]] | None = None) -> int:
+    """``percepbench run`` (and ``analyze attributes``, which passes its ``tasks`` and their options, merged
+    under any ``--task-args``)."""
     from percepbench.config import build_config, load_config_file, parse_name_args, split_list
     from percepbench.reports import summary_table
     from percepbench.runner import run
 
     file_values = load_config_file(args.config) if args.config else {}
+    task_args = parse_name_args(args.task_args, "--task-args") if args.task_args else None
+    if extra_task_args:
+        task_args = {name: {**extra_task_args.get(name, {}), **(task_args or {}).get(name, {})}
+                     for name in {*extra_task_args, *(task_args or {})}}
     flags: dict[str, Any] = {
         "metrics": split_list(args.metrics) if args.metrics else None,
-        "tasks": split_list(args.tasks) if args.tasks else None,
+        "tasks": tasks if tasks is not None else split_list(args.tasks) if args.tasks else None,
         "out": args.out, "device": args.device, "batch_size": args.batch_size,
         "num_workers": args.num_workers, "seed": args.seed, "data_root": args.data_root,
         "n_boot": args.n_boot,
         "metric_args": parse_name_args(args.metric_args, "--metric-args") if args.metric_args else None,
-        "task_args": parse_name_args(args.task_args, "--task-args") if args.task_args else None,
+        "task_args": task_args,
         "progress": False if args.quiet else None,
         "embed_cache": False if args.no_embed_cache else args.embed_cache,
         "precision": args.precision,
@@ -364,7 +442,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with 2
-    handler = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
+    handler = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
                "weights": cmd_weights, "data": cmd_data}[args.command]
     try:
         return handler(args)

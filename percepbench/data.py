@@ -132,6 +132,14 @@ def dataset_dir(name: str, root: str | Path | None = None) -> Path:
     return data_root(root) / get_source(name).folder
 
 
+def how_to_get(name: str, data_root: str | Path | None, text: str, parts: Sequence[str] | None = None) -> str:
+    """``text`` (a dataset's instructions), preceded by the exact download command for ``data_root`` when it
+    is known (a task's error message for missing data)."""
+    if data_root is None:
+        return text
+    return f"Run `{download_command(name, data_root, parts)}` to download it. {text}"
+
+
 def download_command(name: str, root: str | Path | None = None, parts: Sequence[str] | None = None,
                      action: str = "download") -> str:
     """The exact shell command that fetches (or verifies) ``name`` under the resolved data root."""

@@ -305,6 +305,8 @@ def compare_metrics(task_name: str, task: Task, samples: list[pd.DataFrame], con
                 for measure in measures:
                     extra = {"measure": measure} if len(measures) > 1 or measure != task.measure else {}
                     r = task.compare(fa[mask], fb[mask], n_boot=config.n_boot, seed=config.seed, **extra)
+                    if r is None:  # the measure is not defined on this subset (an analysis' reference pairs)
+                        continue
                     out.append({"task": task_name, "subset": str(subset), "measure": measure,
                                 "metric_a": a, "metric_b": b, **r, "n": int(mask.sum())})
     return out
@@ -861,6 +863,15 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 if not getattr(task, "set_level", False):
                     check_finite_distances(dists, items, metric=mspec.name, precision=config.precision,
                                            computed_in=metric.computes_in(config.precision))
+                frame = items.copy()
+                for col, values in dists.items():
+                    frame[col] = values
+                if "score" not in dists:
+                    frame["score"] = task.item_scores(frame)
+                frame.insert(0, "metric", mspec.name)
+                frame.insert(0, "task", tspec.name)
+                pair_records = [{"task": tspec.name, "metric": mspec.name, **rec}
+                                for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot)]
             except Exception as exc:  # one broken metric must not lose the others' results
                 failure: Failure = {"task": tspec.name, "metric": mspec.name,
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
@@ -871,16 +882,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                     traceback.print_exc()
                 flush()
                 continue
-            frame = items.copy()
-            for col, values in dists.items():
-                frame[col] = values
-            if "score" not in dists:
-                frame["score"] = task.item_scores(frame)
-            frame.insert(0, "metric", mspec.name)
-            frame.insert(0, "task", tspec.name)
             samples.append(frame)
-            for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot):
-                records.append({"task": tspec.name, "metric": mspec.name, **rec})
+            records.extend(pair_records)
             loaded = task.inputs_for(mspec.inputs)
             entry: ProtocolEntry = {
                 "task": tspec.name, "metric": mspec.name,

@@ -71,12 +71,21 @@ def faiss_gpu_available() -> bool:
 
 
 def _rows(matrix: Any, start: int, stop: int) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(matrix[start:stop]), dtype=np.float32)
+    """Rows ``start:stop`` as a new float32 array of their own (never a view of a memory map)."""
+    return np.array(matrix[start:stop], dtype=np.float32, copy=True, order="C")
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
+    """``x`` with each row scaled to unit L2 norm, in place (``x`` is a private copy)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    x /= np.maximum(norms, 1e-12)
+    return x
+
+
+#: query x gallery scores the torch backend computes at once: 64M floats, 256 MB
+SCORE_FLOATS = 64_000_000
+#: floats one re-ranking block may hold per tensor (the gathered gallery rows, the repeated queries): 32 MB
+RERANK_FLOATS = 8_000_000
 
 
 def _as_search_distance(values: np.ndarray, space: Space) -> np.ndarray:
@@ -141,15 +150,18 @@ class _Candidates:
             else:
                 d, i = faiss.knn(xq, xb, depth, metric=metric)
             return _as_search_distance(d, self.space), i.astype(np.int64)
-        q = torch.from_numpy(xq).to(self.device)
         b = torch.from_numpy(xb).to(self.device)
-        if self.space == "cosine":
-            scores = q @ b.T
-            top = torch.topk(scores, depth, dim=1, largest=True, sorted=True)
-        else:
-            scores = torch.cdist(q, b).square()
-            top = torch.topk(scores, depth, dim=1, largest=False, sorted=True)
-        return _as_search_distance(top.values.float().cpu().numpy(), self.space), top.indices.cpu().numpy()
+        values, indices = [], []
+        step = max(1, SCORE_FLOATS // max(1, xb.shape[0]))  # a (step, chunk) score matrix at a time
+        for s in range(0, xq.shape[0], step):
+            q = torch.from_numpy(xq[s:s + step]).to(self.device)
+            if self.space == "cosine":
+                top = torch.topk(q @ b.T, depth, dim=1, largest=True, sorted=True)
+            else:
+                top = torch.topk(torch.cdist(q, b).square(), depth, dim=1, largest=False, sorted=True)
+            values.append(top.values.float().cpu().numpy())
+            indices.append(top.indices.cpu().numpy())
+        return _as_search_distance(np.concatenate(values), self.space), np.concatenate(indices)
 
 
 def _resolve_backend(backend: str, space: Space, device: torch.device) -> str:
@@ -175,7 +187,8 @@ def _exact_distances(queries: Any, gallery: Any, q_rows: np.ndarray, g_rows: np.
     """``distance(queries[q_rows[i]], gallery[g_rows[i, j]])`` for every (i, j), float64 (Q, K)."""
     n, depth = g_rows.shape
     out = np.empty((n, depth), dtype=np.float64)
-    step = max(1, 262_144 // max(1, depth))
+    dim = np.asarray(gallery[0:1]).shape[1] if len(gallery) else 1
+    step = max(1, RERANK_FLOATS // max(1, depth * dim))  # bounded in bytes, whatever the number of queries
     for s in range(0, n, step):
         qs = torch.from_numpy(np.asarray(queries[q_rows[s:s + step]], dtype=np.float32))
         flat = g_rows[s:s + step].reshape(-1)
@@ -229,7 +242,7 @@ def _build_index(gallery: Any, space: Space, index: str, nprobe: int, ef_search:
 
     def rows(s: int, e: int) -> np.ndarray:
         x = _rows(gallery, s, e)
-        return _normalised(x).astype(np.float32) if space == "cosine" else x
+        return _normalised(x) if space == "cosine" else x
 
     if index == "hnsw":
         idx = faiss.IndexHNSWFlat(dim, 32, metric)
@@ -241,8 +254,8 @@ def _build_index(gallery: Any, space: Space, index: str, nprobe: int, ef_search:
         rng = np.random.default_rng(seed)
         train_n = min(ng, max(39 * nlist, 10_000))
         pick = np.sort(rng.choice(ng, size=train_n, replace=False))
-        train = np.asarray(gallery[pick], dtype=np.float32)
-        idx.train(_normalised(train).astype(np.float32) if space == "cosine" else np.ascontiguousarray(train))
+        train = np.array(gallery[pick], dtype=np.float32, copy=True, order="C")
+        idx.train(_normalised(train) if space == "cosine" else train)
         idx.nprobe = min(nprobe, nlist)
     for s in range(0, ng, chunk_rows):
         idx.add(rows(s, min(ng, s + chunk_rows)))
@@ -277,7 +290,7 @@ def search(queries: Any, gallery: Any, k: int, *, distance: DistanceFn, space: S
         positions, dists = brute_force(queries, gallery, k, distance, exclude=exclude, device=device)
         return SearchResult(positions, dists, {"backend": "torch (brute force of the metric's distance)",
                                                "index": "exact", "queries": nq, "gallery": ng,
-                                               "seconds": round(time.perf_counter() - t0, 3)})
+                                               "seconds": round(time.perf_counter() - t0, 6)})
     resolved = _resolve_backend(backend, space, device)
     if index != "exact" and not resolved.startswith("faiss"):
         resolved = "faiss"
@@ -293,12 +306,12 @@ def search(queries: Any, gallery: Any, k: int, *, distance: DistanceFn, space: S
         for qs in range(0, nq, query_block):
             xq = _rows(queries, qs, min(nq, qs + query_block))
             if space == "cosine":
-                xq = _normalised(xq).astype(np.float32)
+                xq = _normalised(xq)
             best_d = best_i = None
             for gs in range(0, ng, chunk_rows):
                 xb = _rows(gallery, gs, min(ng, gs + chunk_rows))
                 if space == "cosine":
-                    xb = _normalised(xb).astype(np.float32)
+                    xb = _normalised(xb)
                 d, i = finder.chunk(xq, xb, depth)
                 best_d, best_i = _merge(best_d, best_i, d, np.where(i >= 0, i + gs, -1), depth)
                 bar.update(xq.shape[0])
@@ -307,18 +320,18 @@ def search(queries: Any, gallery: Any, k: int, *, distance: DistanceFn, space: S
     else:
         t_build = time.perf_counter()
         idx = _build_index(gallery, space, index, nprobe, ef_search, chunk_rows, seed)
-        info["build_seconds"] = round(time.perf_counter() - t_build, 3)
+        info["build_seconds"] = round(time.perf_counter() - t_build, 6)
         info.update({"nprobe": nprobe} if index == "ivf" else {"ef_search": ef_search, "hnsw_m": 32})
         if index == "ivf":
             info["nlist"] = int(idx.nlist)
         for qs in range(0, nq, query_block):
             xq = _rows(queries, qs, min(nq, qs + query_block))
             if space == "cosine":
-                xq = _normalised(xq).astype(np.float32)
+                xq = _normalised(xq)
             d, i = idx.search(xq, depth)
             cand_d[qs:qs + len(xq)] = np.where(i >= 0, _as_search_distance(d, space), np.inf)
             cand_i[qs:qs + len(xq)] = i
-    info["search_seconds"] = round(time.perf_counter() - t0, 3)
+    info["search_seconds"] = round(time.perf_counter() - t0, 6)
 
     # exact re-ranking of the candidates with the metric's own distance; ties by position
     valid = cand_i >= 0
@@ -344,7 +357,7 @@ def search(queries: Any, gallery: Any, k: int, *, distance: DistanceFn, space: S
         info["recall_vs_exact"] = _recall_vs_exact(queries, gallery, k, ranked_i, distance=distance, space=space,
                                                    exclude=exclude, backend=backend, device=device,
                                                    chunk_rows=chunk_rows, n=recall_queries, seed=seed)
-    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["seconds"] = round(time.perf_counter() - t0, 6)
     return SearchResult(ranked_i, ranked_d, info)
 
 

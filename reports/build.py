@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from percepbench.reports import figures as F
+from percepbench.reports.attribute_figures import AUC, RELIANCE, parse_strength
 from percepbench.results import ALL, RunResults, load_results
 from percepbench.results_schema import RunMeta, read_meta
 
@@ -88,12 +89,20 @@ def _value_fmt(measure: str) -> str:
 
 def headline_tables(task: str, records: pd.DataFrame) -> list[Table]:
     """The task's summary tables, one per measure: pooled value, CI, n and per-subset values per metric,
-    best first."""
+    best first.
+
+    The per-strength measures of the attribute edit curves (``nd@<s>``, see
+    :mod:`percepbench.reports.attribute_figures`) get no table (one per strength would bury the others;
+    they are drawn in the ``attributes_<task>`` figure and kept in results.json; :func:`collect` adds a
+    note saying so). Beside them, ``auc`` is titled with its unit (% of the median unrelated-pair distance).
+    """
     df = records[records["task"] == task]
     if df.empty:
         return []
     tables = []
     measures = list(dict.fromkeys(df["measure"].astype(str)))
+    curves = any(parse_strength(m) is not None for m in measures)
+    measures = [m for m in measures if parse_strength(m) is None]
     for measure in measures:
         mdf = df[df["measure"] == measure]
         subsets = F._pooled_first(mdf["subset"])
@@ -107,11 +116,23 @@ def headline_tables(task: str, records: pd.DataFrame) -> list[Table]:
                    int(rec["n"]) if pd.notna(rec["n"]) else math.nan]
             row += [_num(wide.loc[rec["metric"]].get(s)) for s in others]
             rows.append(row)
-        unit = " (%)" if F.is_percent(measure) else ""
+        unit, fmt = (" (%)" if F.is_percent(measure) else ""), _value_fmt(measure)
+        if curves and measure == AUC:  # the edit curves' summary: in % of the unrelated-pair median
+            unit, fmt = " (% of the median unrelated-pair distance)", ".1f"
+        elif measure == RELIANCE:  # an index in [-100, 100]
+            fmt = ".1f"
         key = f"head-{F.slug(task)}" + (f"-{F.slug(measure)}" if len(measures) > 1 else "")
         tables.append(Table(key, f"{task} — {measure}{unit}", ["metric", pooled, "95% CI", "n", *others], rows,
-                            fmt=_value_fmt(measure)))
+                            fmt=fmt))
     return tables
+
+
+def per_strength_note(task: str, measures: list[str]) -> str:
+    """What the report says about the ``nd@<s>`` measures it does not table."""
+    shown = ", ".join(measures[:3]) + (f" … {measures[-1]}" if len(measures) > 3 else "")
+    return (f"{task}: the {len(measures)} per-strength measures ({shown}: normalised distance at edit strength "
+            "s) are drawn in the edit-curve figure, not tabled; their values and CIs are in results.json "
+            "(and the All records table).")
 
 
 def _failures(meta: RunMeta) -> Table:
@@ -192,14 +213,18 @@ def collect(results: RunResults) -> ReportContent:
     records = results.records
     tasks = F.run_tasks(meta, records)
     headline, n_subsets, pooled_by_task = {}, {}, {}
+    notes: list[str] = []
     for task in tasks:
         headline[task] = headline_tables(task, records)
+        per_strength = [m for m in dict.fromkeys(records.loc[records["task"] == task, "measure"].astype(str))
+                        if parse_strength(m) is not None]
+        if per_strength:
+            notes.append(per_strength_note(task, per_strength))
         subsets = records.loc[records["task"] == task, "subset"].astype(str)
         n_subsets[task] = len(set(subsets) - {ALL})
         pooled = F._pooled_subset(subsets)
         if pooled is not None:
             pooled_by_task[task] = pooled
-    notes = []
     if not results.complete:
         notes.append("This run is incomplete (complete = false): it was interrupted or is still running, so "
                      "the results cover only the (task, metric) pairs that finished.")
@@ -240,6 +265,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     out.mkdir(parents=True, exist_ok=True)
     content = collect(results)
     figs, notes = F.make_figures(content.meta, results.records, results.samples)
+    if results.samples is not None and "image" in results.samples.columns and results.path is not None:
+        from percepbench.reports.inversion_figures import inversion_grid
+
+        grid = inversion_grid(results.path, results.samples, content.meta)  # reads the run's saved images
+        if grid is not None:
+            figs.append(grid)
+        elif (results.samples["task"].astype(str) == "inversion").any():
+            notes.append("inversion: the grid was not drawn: an image under inversion/ is missing (see the log)")
     content.notes += notes
     written: list[Path] = []
     used: set[str] = set()

@@ -23,6 +23,9 @@ Statuses (the gate fails safe: a drop it cannot judge and a value that is not a 
   drop cannot be shown to be noise (fails the gate);
 - ``invalid``: the baseline or the new value is NaN or infinite, for a row in both runs or only in the new
   run (fails the gate);
+- ``changed``: tasks of kind ``analysis`` (attribute sensitivities: no direction is better), ``|delta| >
+  max_drop`` and ``p < alpha`` (fails the gate); a change beyond ``max_drop`` there whose significance
+  cannot be judged is ``unjudged``;
 - ``improvement``: ``delta > +max_drop`` and ``p < alpha``;
 - ``ok``: anything else, with the reason ``within tolerance``, ``not significant`` or, for a gain beyond
   tolerance whose significance cannot be judged, ``gain of ... whose significance cannot be judged``;
@@ -30,9 +33,9 @@ Statuses (the gate fails safe: a drop it cannot judge and a value that is not a 
 - ``info``: the row is only in the baseline and ``allow_missing=True`` (shown, never gated);
 - ``new``: the row is only in the new run (informational).
 
-Every measure a task produces today is "higher is better" (``2afc_accuracy``, ``odd_one_out_accuracy``,
+Every measure of the scoring tasks is "higher is better" (``2afc_accuracy``, ``odd_one_out_accuracy``,
 ``jnd_map``, the retrieval ``recall@k``, ``precision@k`` and ``map@k``, all in points), which is what the
-statuses assume.
+one-sided statuses assume; the analyses (``kind == "analysis"`` in the run's task specs) are judged two-sided.
 
 Two runs are **incomparable** (:class:`~percepbench.errors.DataError`, exit 2) when a file is missing,
 unreadable or of another schema/version; when one run holds the same ``(task, subset, metric, measure)``
@@ -85,10 +88,10 @@ ROW_COLUMNS = [*KEY, "baseline", "new", "delta", "ci_low", "ci_high", "p_value",
 Z95 = 1.959963984540054
 
 #: Statuses that fail the gate (``exit_code == 1``).
-FAILING = ("regression", "unjudged", "invalid", "missing")
+FAILING = ("regression", "changed", "unjudged", "invalid", "missing")
 #: Display order: what fails the gate first, then what moved, then the rest.
-STATUS_ORDER = {"regression": 0, "unjudged": 1, "invalid": 2, "missing": 3, "improvement": 4, "new": 5,
-                "info": 6, "ok": 7}
+STATUS_ORDER = {"regression": 0, "changed": 1, "unjudged": 2, "invalid": 3, "missing": 4, "improvement": 5,
+                "new": 6, "info": 7, "ok": 8}
 #: The folder ``percepbench report`` writes inside a run (``percepbench.reports.build.REPORT_DIR``, which
 #: imports matplotlib: the name is repeated here so that compare stays light).
 RUN_REPORT_DIR = "report"
@@ -561,10 +564,17 @@ def _not_finite(vb: float, vn: float) -> str:
     return f"the {' and '.join(which)} value is not a finite number" if which else ""
 
 
-def _status(delta: float, p: float, *, max_drop: float, alpha: float) -> tuple[str, str]:
+def _status(delta: float, p: float, *, max_drop: float, alpha: float, two_sided: bool = False) -> tuple[str, str]:
     beyond = delta < -max_drop or delta > max_drop
     if not beyond:
         return "ok", f"within tolerance (|delta| <= {max_drop:g} points)"
+    if two_sided:  # an analysis: what a metric is sensitive to has no better direction; any change is one
+        if math.isnan(p):
+            return "unjudged", (f"change of {delta:+.2f} > {max_drop:g} points whose significance cannot be judged "
+                                "(no CI in a record and no paired samples): fails the gate")
+        if p >= alpha:
+            return "ok", f"not significant ({_p_is(p)}, alpha {alpha:g})"
+        return "changed", f"change of {delta:+.2f} > {max_drop:g} points ({_p_is(p)}, alpha {alpha:g})"
     if math.isnan(p):
         unknown = "whose significance cannot be judged (no CI in a record and no paired samples)"
         if delta < 0:
@@ -632,6 +642,8 @@ def compare_runs(
     _check_tasks(b, n, base, nw, notes)
 
     sb, sn = _Samples(base.results.samples), _Samples(nw.results.samples)
+    analyses = {t for run in (base, nw) for t, spec in (run.results.meta.get("tasks") or {}).items()
+                if isinstance(spec, dict) and spec.get("kind") == "analysis"}
     rows: list[dict[str, Any]] = []
     for key in b.index:
         rb = b.loc[key]
@@ -660,7 +672,8 @@ def compare_runs(
         else:
             stats = _from_records(rb, rn, delta)
             method, count = ("records" + (f" ({why})" if why else "")), _float(rn["n"])
-        status, reason = _status(delta, stats["p_value"], max_drop=max_drop, alpha=alpha)
+        status, reason = _status(delta, stats["p_value"], max_drop=max_drop, alpha=alpha,
+                                 two_sided=task in analyses)
         row.update(baseline=vb, new=vn, delta=delta, ci_low=float(stats["ci_low"]),
                    ci_high=float(stats["ci_high"]), p_value=float(stats["p_value"]), n=count,
                    method=method, status=status, reason=reason)

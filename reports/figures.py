@@ -31,8 +31,14 @@ Retrieval tasks (kind ``retrieval``; :mod:`percepbench.reports.retrieval_figures
   neighbours framed green (relevant) or red (not); a raster figure (:attr:`ReportFigure.raster`), written
   as PNG. Needs samples; images that cannot be opened are grey "missing" tiles, listed in the notes.
 
-A figure exists for each kind of record the built-in tasks produce (2AFC, odd-one-out, JND, retrieval) and
-no other: a task kind that adds a new kind of record adds its figures with it.
+Attribute analyses (:mod:`percepbench.reports.attribute_figures`, chosen by measure name: ``nd@<s>``,
+``auc``, ``p_first_closer``, ``foreground_reliance``) get ``attributes_<task>`` (edit curves),
+``sensitivity_<task>`` (auc heatmap), ``contests_<task>`` (one heatmap per metric) and ``reliance_<task>``
+(bars per replacement mode) instead of bars for those measures. A task of kind ``analysis`` gets no generic
+bar chart at all (its measures without a figure are noted) and no agreement or margin figures.
+
+A figure exists for each kind of record the built-in tasks produce (2AFC, odd-one-out, JND, retrieval,
+attribute analyses) and no other: a task kind that adds a new kind of record adds its figures with it.
 """
 
 from __future__ import annotations
@@ -248,14 +254,17 @@ def _pooled_subset(subsets: Iterable[str]) -> str | None:
 
 
 def is_percent(measure: str) -> bool:
-    """Whether a measure is a percentage (the accuracies; retrieval's recall@k, precision@k and map@k)
-    rather than a value in its own units.
+    """Whether a measure is a percentage (the accuracies; retrieval's recall@k, precision@k and map@k; the
+    attribute contests' p_first_closer) rather than a value in its own units.
 
     >>> [is_percent(m) for m in ("2afc_accuracy", "recall@5", "precision@10", "map@1", "recall", "srocc")]
     [True, True, True, True, False, False]
+    >>> is_percent("p_first_closer"), is_percent("foreground_reliance")
+    (True, False)
     """
     text = str(measure)
-    return text.endswith("accuracy") or re.fullmatch(r"(recall|precision|map)@\d+", text) is not None
+    return (text.endswith("accuracy") or text == "p_first_closer"
+            or re.fullmatch(r"(recall|precision|map)@\d+", text) is not None)
 
 
 def _n_text(n: pd.Series) -> str:
@@ -541,6 +550,8 @@ def run_tasks(meta: Mapping[str, Any], records: pd.DataFrame) -> list[str]:
 def make_figures(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.DataFrame | None
                  ) -> tuple[list[ReportFigure], list[str]]:
     """Every figure the run supports, plus notes on figures that were skipped and why."""
+    from percepbench.reports import attribute_figures as A
+
     palette = metric_palette(run_metrics(meta, records, samples))
     figs: list[ReportFigure] = []
     notes: list[str] = []
@@ -554,7 +565,14 @@ def make_figures(meta: Mapping[str, Any], records: pd.DataFrame, samples: pd.Dat
             _retrieval_figures(task, meta, records, samples, palette, figs, notes)
             continue
         measures = list(dict.fromkeys(recs["measure"].astype(str)))
-        for measure in measures:
+        handled = A.handled_measures(measures, kind)
+        if kind == "analysis" or handled:
+            attr_figs, attr_notes = A.attribute_figures(task, records, kind=kind, palette=palette)
+            figs += attr_figs
+            notes += attr_notes
+        if kind == "analysis":  # its own figures only: no bars, no agreement or margins
+            continue
+        for measure in (m for m in measures if m not in handled):
             fig = score_figure(records, task, palette=palette, measure=measure, meta=meta)
             if fig is not None:
                 stem = f"scores_{slug(task)}" + (f"_{slug(measure)}" if len(measures) > 1 else "")

@@ -21,28 +21,52 @@ def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
     for t in tasks:
         df = records[records["task"] == t]
         if df["measure"].nunique() > 1:
-            blocks.append(_measures_block(t, df))
-            continue
+            if ALL in set(df["subset"]) or df["subset"].nunique() == 1:
+                blocks.append(_measures_block(t, df))
+                continue
+            # several measures over subsets without a pooled record (an analysis): its first measure per subset
+            df = df[df["measure"] == df["measure"].iloc[0]]
         measure = df["measure"].iloc[0]
-        table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
+        table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first", sort=False)
         subsets = [c for c in table.columns if c != ALL]
+        pooled_record = ALL in table.columns or len(subsets) == 1
         overall = ALL if ALL in table.columns else subsets[0]
+        hidden = max(0, len(subsets) - MAX_SUBSETS)
+        subsets = subsets[:MAX_SUBSETS]
         pooled = df[df["subset"] == overall].set_index("metric")
-        table = table.loc[pooled["value"].sort_values(ascending=False).index]
+        if pooled_record:
+            order = pooled["value"].sort_values(ascending=False).index
+        else:  # subsets without a pooled record (an analysis): metrics in run order, no headline column
+            order = list(dict.fromkeys(df["metric"]))
+        table = table.loc[order]
         n = int(pooled["n"].iloc[0])
-        head = f"{t} — {measure} (%), n={n}" + (f", {len(subsets)} subsets" if len(subsets) > 1 else "")
+        unit = " (%)" if _is_percent(measure) else ""
+        head = (f"{t} — {measure}{unit}, n={n}" + (f", {len(subsets) + hidden} subsets" if len(subsets) > 1 else "")
+                + (f" ({hidden} more in results.json and the report)" if hidden else ""))
         rows = []
         for metric, row in table.iterrows():
-            rec = pooled.loc[metric]
-            cells = [metric, f"{rec['value']:.1f}", f"[{rec['ci_low']:.1f}, {rec['ci_high']:.1f}]"]
+            cells = [metric]
+            if pooled_record:
+                rec = pooled.loc[metric]
+                cells += [f"{rec['value']:.1f}", f"[{rec['ci_low']:.1f}, {rec['ci_high']:.1f}]"]
             if len(subsets) > 1:
                 cells += [f"{row[s]:.1f}" for s in subsets]
             rows.append(cells)
-        header = ["metric", overall, "95% CI"] + (subsets if len(subsets) > 1 else [])
+        header = (["metric"] + ([overall, "95% CI"] if pooled_record else [])
+                  + (subsets if len(subsets) > 1 else []))
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines = [head] + [_row(r, widths) for r in [header, ["-" * w for w in widths], *rows]]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+#: subset columns the plain-text summary shows per task (the others are in results.json and the report)
+MAX_SUBSETS = 10
+
+
+def _is_percent(measure: str) -> bool:
+    return measure.endswith("accuracy") or measure in ("jnd_map", "p_first_closer", "foreground_reliance") or \
+        any(measure.startswith(f"{m}@") for m in ("recall", "precision", "map"))
 
 
 def _row(cells: list, widths: list[int]) -> str:

@@ -6,6 +6,7 @@ declares beside its tasks (``nights``, ``bapps``, ``things``, ``imagenet_r``, ``
 """
 
 from percepbench.tasks import (  # noqa: F401  (registers their specs)
+    attributes,
     bapps,
     coco,
     csv_tasks,

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from percepbench.data import DATA_ROOT_HELP, download_command, fix_hint, task_data_dir, unreadable_images
+from percepbench.data import DATA_ROOT_HELP, fix_hint, task_data_dir, unreadable_images
+from percepbench.data import how_to_get as data_how_to_get
 from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
 from percepbench.registry import register_dataset, register_task
@@ -64,9 +65,7 @@ HOW_TO_GET = (
 def how_to_get(data_root: Path | None, parts: list[str] | None = None) -> str:
     """:data:`HOW_TO_GET`, preceded by the exact download command (for ``parts``, default the default
     parts) when ``data_root`` is known."""
-    if data_root is None:
-        return HOW_TO_GET
-    return f"Run `{download_command('bapps', data_root, parts)}` to download it. {HOW_TO_GET}"
+    return data_how_to_get("bapps", data_root, HOW_TO_GET, parts)
 
 
 def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:

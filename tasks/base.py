@@ -43,9 +43,15 @@ class Task:
                 seed: int = 0) -> None:
         raise NotImplementedError
 
+    #: the items ``prepare`` builds (subclasses set it)
+    _items: pd.DataFrame | None = None
+
     @property
     def items(self) -> pd.DataFrame:
-        raise NotImplementedError
+        """The items built by ``prepare`` (a ``RuntimeError`` before it)."""
+        if self._items is None:
+            raise RuntimeError("call prepare() first")
+        return self._items
 
     def dataset(self, inputs: InputConvention) -> Dataset:
         raise NotImplementedError

@@ -192,12 +192,6 @@ class FileTask(Task):
         self._sizes: Counter = Counter()
         self._protocol: dict[str, Any] = {}
 
-    @property
-    def items(self) -> pd.DataFrame:
-        if self._items is None:
-            raise RuntimeError("call prepare() first")
-        return self._items
-
     def _finish(self, items: pd.DataFrame, paths: list[tuple[str, ...]], *, what: str, hint: str = "",
                 num_workers: int = 0) -> None:
         """Check the files of every item, then keep the items, paths and image sizes."""

@@ -41,7 +41,8 @@ from typing import Any
 
 import pandas as pd
 
-from percepbench.data import DATA_ROOT_HELP, download_command, fix_hint, task_data_dir, unreadable_images
+from percepbench.data import DATA_ROOT_HELP, fix_hint, task_data_dir, unreadable_images
+from percepbench.data import how_to_get as data_how_to_get
 from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
 from percepbench.registry import register_dataset, register_task
@@ -76,9 +77,7 @@ HOW_TO_GET = (
 
 def how_to_get(data_root: Path | None) -> str:
     """:data:`HOW_TO_GET`, preceded by the exact download command when ``data_root`` is known."""
-    if data_root is None:
-        return HOW_TO_GET
-    return f"Run `{download_command('imagenet_r', data_root)}` to download it. {HOW_TO_GET}"
+    return data_how_to_get("imagenet_r", data_root, HOW_TO_GET)
 
 
 def rendition(filename: str) -> str:

@@ -41,12 +41,12 @@ import pandas as pd
 
 from percepbench.data import (
     DATA_ROOT_HELP,
-    download_command,
     fix_hint,
     missing_grouped,
     task_data_dir,
     unreadable_images,
 )
+from percepbench.data import how_to_get as data_how_to_get
 from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
 from percepbench.registry import register_dataset, register_task
@@ -74,9 +74,7 @@ HOW_TO_GET = (
 
 def how_to_get(data_root: Path | None) -> str:
     """:data:`HOW_TO_GET`, preceded by the exact download command for ``data_root`` when it is known."""
-    if data_root is None:
-        return HOW_TO_GET
-    return f"Run `{download_command('nights', data_root)}` to download it. {HOW_TO_GET}"
+    return data_how_to_get("nights", data_root, HOW_TO_GET)
 
 
 _TRUE = {"true", "1", "1.0", "yes", "t"}

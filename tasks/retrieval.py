@@ -264,12 +264,6 @@ class RetrievalTask(Task):
     def measures(self) -> list[str]:
         return measure_names(self.ks)
 
-    @property
-    def items(self) -> pd.DataFrame:
-        if self._items is None:
-            raise RuntimeError("call prepare() first")
-        return self._items
-
     def inputs_for(self, inputs: InputConvention) -> InputConvention:
         if inputs.size is None:
             import dataclasses

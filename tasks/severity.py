@@ -145,7 +145,10 @@ class _Generator(Dataset):
         return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous(), row
 
 
-class _Triplets(Dataset):
+class InMemoryItems(Dataset):
+    """Element ``i``: dict slot -> uint8 (3, H, W) from ``images[i]`` (N, slots, 3, H, W), resized for ``inputs``
+    when the metric has a fixed size other than the images'."""
+
     def __init__(self, images: torch.Tensor, slots: tuple[str, ...], inputs: InputConvention) -> None:
         self.images, self.slots, self.inputs = images, slots, inputs
 
@@ -205,12 +208,6 @@ class Severity2AFC(TwoAFCTask):
         self._seed_used = seed
 
     @property
-    def items(self) -> pd.DataFrame:
-        if self._items is None:
-            raise RuntimeError("call prepare() first")
-        return self._items
-
-    @property
     def images(self) -> torch.Tensor:
         """uint8 tensor (N, 3 slots, 3, H, W) of every triplet."""
         if self._images is None:
@@ -218,7 +215,7 @@ class Severity2AFC(TwoAFCTask):
         return self._images
 
     def dataset(self, inputs: InputConvention) -> Dataset:
-        return _Triplets(self.images, self.slots, inputs)
+        return InMemoryItems(self.images, self.slots, inputs)
 
     def protocol(self) -> dict[str, Any]:
         return {

@@ -76,6 +76,19 @@ def write_png(path: str | Path, value: Colour, size: int | tuple[int, int] = 8, 
     return path
 
 
+def tar_bytes(members: Mapping[str, bytes], mode: str = "w") -> bytes:
+    """A tar archive (``mode`` ``"w"``, or ``"w:gz"`` for .tar.gz) holding ``members`` (name -> bytes)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
 def write_files(folder: str | Path, files: Mapping[str, bytes]) -> Path:
     """Write ``{relative path: bytes}`` under ``folder`` (folders created); returns the folder."""
     folder = Path(folder)

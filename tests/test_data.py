@@ -36,6 +36,7 @@ from layouts import (
     bapps_jnd_files,
     npy_bytes,
     png_bytes,
+    tar_bytes,
 )
 from layouts import nights_files as layout_nights_files
 
@@ -64,13 +65,7 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def tar_gz_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tf.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
+    return tar_bytes(members, "w:gz")
 
 
 def serve(server, rel: str, content: bytes) -> None:

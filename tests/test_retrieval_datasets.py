@@ -9,7 +9,6 @@ from __future__ import annotations
 import doctest
 import io
 import json
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from layouts import (
     imagenet_r_files,
     make_coco,
     make_imagenet_r,
+    tar_bytes,
 )
 
 pytestmark = pytest.mark.usefixtures("weights_env")
@@ -239,16 +239,6 @@ def test_imagenet_r_verify(tmp_path, capsys, monkeypatch):
     assert code == 2 and "imagenet_r: 3 problem(s)" in out
     assert f"{dest / C / 'toy_0.png'}: image cannot be read" in out
     assert f"Fix: delete {dest / C / 'toy_0.png'}, then run `{fix}`" in out
-
-
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tf.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
 
 
 def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
