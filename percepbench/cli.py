@@ -92,6 +92,8 @@ def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
                                   "coco folder for --pool coco (default <data root>/coco)")
     q.add_argument("--images", type=int, help="images in the pool (default 12)")
     q.add_argument("--size", type=int, help="image side in pixels (default 96)")
+    q.add_argument("--match-by", metavar="METRIC",
+                   help="contests: match the two edits by this metric's distance instead of pixel RMS")
     q.add_argument("--attributes", help="attributes of the curves (and contests), '+'-separated, e.g. hue+blur+noise "
                                         "(default: every attribute the pool supports)")
     _add_run_options(q)
@@ -227,6 +229,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             options["pool"] = pool
         if args.attributes and name in ("curves", "contests"):
             options["attributes"] = args.attributes
+        if args.match_by and name == "contests":
+            options["match_by"] = args.match_by
         task_args[ANALYSES[name]] = options
     return cmd_run(args, tasks=[ANALYSES[n] for n in names], extra_task_args=task_args)
 

@@ -258,6 +258,25 @@ def _prepare_task(tspec: TaskSpec, task: Task, config: RunConfig) -> None:
         raise DataError(f"task {tspec.name!r}: {where}cannot read its data ({exc.strerror or exc})") from exc
 
 
+def attach_matcher(tspec: TaskSpec, task: Task, config: RunConfig, device: torch.device) -> None:
+    """For a task that generates its items with a metric's help (``attr_contests`` with ``match_by``): build
+    that metric here, where metrics meet tasks, and hand the task ``matcher(a, b) -> float``, the metric's
+    distance between two float (H, W, 3) images in [0, 1]."""
+    name = getattr(task, "match_by", None)
+    if not name:
+        return
+    spec = METRICS.get(METRICS.resolve(name))
+    metric = build_metric(spec, config, device)
+
+    def matcher(a: np.ndarray, b: np.ndarray) -> float:
+        ta, tb = (torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
+                  for v in (a, b))
+        with torch.inference_mode():
+            return float(metric.pairwise(ta, tb).float().reshape(-1)[0])
+
+    task.matcher = matcher
+
+
 def _args_for(registry, spec_name: str, args: dict[str, dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name, kv in args.items():
@@ -752,6 +771,7 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         # and nothing is written
         tasks = [(tspec, build_task(tspec, config)) for tspec in task_specs]
         for tspec, task in tasks:
+            attach_matcher(tspec, task, config, device)
             _prepare_task(tspec, task, config)
         metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
         check_pair_limits(tasks, metric_specs, metrics, config, device)

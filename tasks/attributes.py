@@ -21,7 +21,8 @@ strength: a sensitivity profile; both in % of the unrelated-pair median. CIs boo
 ``attr_contests`` — **attribute contests.** For every image and every pair of attributes (X, Y): A =
 x edited in X at ``strength`` (default 0.5), B = x edited in Y at the strength whose pixel RMS change
 equals A's (:func:`~percepbench.tasks.edits.match_strength`; when Y cannot reach it, Y is set to
-``strength`` and X is matched instead; when neither can, the item is left out and counted). Record
+``strength`` and X is matched instead; when neither can, the item is left out and counted);
+``match_by=<metric>`` matches the two edits by that metric's distance instead of pixel RMS. Record
 ``p_first_closer`` per subset ``X~Y``: the % of images where the metric judged A (the X edit) closer to x
 than B; 50 on an exact tie. A high value: the metric is less sensitive to X than to Y at equal pixel change.
 
@@ -417,8 +418,13 @@ class AttributeContests(AnalysisTask):
     comparisons: ClassVar[tuple[tuple[str, str, str], ...]] = (("d_a", "x", "a"), ("d_b", "x", "b"))
     measure: ClassVar[str] = "p_first_closer"
 
-    def __init__(self, attributes: Any = None, strength: float = 0.5, **options: Any) -> None:
+    def __init__(self, attributes: Any = None, strength: float = 0.5, match_by: str | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
+        #: a metric name: match the edits by that metric's distance instead of pixel RMS; the runner builds
+        #: the metric and sets :attr:`matcher` (a tasks knows no networks) before ``prepare``
+        self.match_by = None if match_by in (None, "", "rms") else str(match_by)
+        self.matcher: Any = None
         from percepbench.tasks.edits import ATTRIBUTES, parse_attributes
 
         self.attributes = parse_attributes(attributes) if attributes is not None else list(CONTEST_ATTRIBUTES)
@@ -438,6 +444,25 @@ class AttributeContests(AnalysisTask):
         from percepbench.tasks.edits import ATTRIBUTES, edit, match_strength, rms_change
 
         seed = self.seed if self.seed is not None else seed
+        if self.match_by is not None and self.matcher is None:
+            raise ValueError(f"match_by={self.match_by}: the matching metric was not set up (run the task through "
+                             "percepbench run, which builds it)")
+        zero: dict[int, float] = {}
+
+        def change(edited: np.ndarray, image: np.ndarray) -> float:
+            """Pixel RMS, or the matching metric's distance above its distance of the image to itself (so
+            that it is 0 for the unedited image whatever the metric's scale: -PSNR is negative)."""
+            if self.matcher is None:
+                return rms_change(edited, image)
+            if id(image) not in zero:
+                zero[id(image)] = self.matcher(image, image)
+            return self.matcher(edited, image) - zero[id(image)]
+
+        def matched(image: np.ndarray, name: str, target: float, seed: list[int]) -> float | None:
+            tol = 1e-3 if self.matcher is None else max(1e-3 * abs(target), 1e-9)
+            return match_strength(image, name, max(target, 0.0), seed=seed, tol=tol,
+                                  change=None if self.matcher is None else change)
+
         pool = self._pool(seed, data_root)
         names = list(ATTRIBUTES)
         pairs = [(x, y) for i, x in enumerate(self.attributes) for y in self.attributes[i + 1:]]
@@ -448,21 +473,24 @@ class AttributeContests(AnalysisTask):
             for x, y in pairs:
                 seed_x, seed_y = [seed, i, names.index(x)], [seed, i, names.index(y)]
                 s_x, s_y = self.strength, None
-                target = rms_change(edit(p.image, x, s_x, seed=seed_x), p.image)
-                s_y = match_strength(p.image, y, target, seed=seed_y)
+                target = change(edit(p.image, x, s_x, seed=seed_x), p.image)
+                s_y = matched(p.image, y, target, seed_y)
                 if s_y is None:
                     s_y = self.strength
-                    target = rms_change(edit(p.image, y, s_y, seed=seed_y), p.image)
-                    s_x = match_strength(p.image, x, target, seed=seed_x)
+                    target = change(edit(p.image, y, s_y, seed=seed_y), p.image)
+                    s_x = matched(p.image, x, target, seed_x)
                 bar.update()
                 if s_x is None or s_y is None:
                     unmatched.append(f"{p.id} {x}~{y}")
                     continue
                 a, b = edit(p.image, x, s_x, seed=seed_x), edit(p.image, y, s_y, seed=seed_y)
                 stacks.append(_to_uint8([p.image, a, b]))
-                rows.append({"item": f"{x}~{y}/{p.id}", "subset": f"{x}~{y}", "image": p.id, "attr_a": x,
-                             "attr_b": y, "s_a": s_x, "s_b": s_y, "rms_a": rms_change(a, p.image),
-                             "rms_b": rms_change(b, p.image)})
+                row = {"item": f"{x}~{y}/{p.id}", "subset": f"{x}~{y}", "image": p.id, "attr_a": x,
+                       "attr_b": y, "s_a": s_x, "s_b": s_y, "rms_a": rms_change(a, p.image),
+                       "rms_b": rms_change(b, p.image)}
+                if self.matcher is not None:
+                    row.update(match_a=float(change(a, p.image)), match_b=float(change(b, p.image)))
+                rows.append(row)
         bar.close()
         if not rows:
             raise DataError(f"attr_contests: no pair of edits could be matched in pixel RMS on the pool "
@@ -473,8 +501,10 @@ class AttributeContests(AnalysisTask):
             **self._pool_protocol(pool, seed),
             "attributes": {a: ATTRIBUTES[a].description for a in self.attributes},
             "strength": self.strength,
-            "matching": "equal pixel RMS change: Y's strength found by bisection to match X at `strength` (else X "
-                        "matched to Y at `strength`), to within 1e-3",
+            "matching": (f"equal {self.match_by} distance to the original (match_by; relative tolerance 1e-3)"
+                         if self.match_by else "equal pixel RMS change (tolerance 1e-3)")
+                        + ": Y's strength found by bisection to match X at `strength` (else X matched to Y at "
+                          "`strength`)",
             "unmatched": len(unmatched), "unmatched_items": unmatched[:20],
             "measure": "p_first_closer: % of images where d(x, X edit) < d(x, Y edit); 50 on a tie",
         }
@@ -565,7 +595,8 @@ register_task(TaskSpec(
 register_task(TaskSpec(
     name="attr_contests", target="percepbench.tasks.attributes:AttributeContests",
     description="attribute contests: an X edit against a Y edit of equal pixel RMS change; % of images where the "
-                f"X edit is judged closer. Options attributes, strength, {_POOL_OPTIONS}",
+                f"X edit is judged closer. Options attributes, strength, match_by (a metric; default pixel RMS), "
+                f"{_POOL_OPTIONS}",
     kind="analysis", measure="p_first_closer",
 ))
 register_task(TaskSpec(

@@ -357,8 +357,12 @@ def rms_change(a, b) -> float:
 
 
 def match_strength(image, name: str, target_rms: float, *, seed: int | Sequence[int], mask=None,
-                   tol: float = 1e-3, max_iter: int = 40) -> float | None:
+                   tol: float = 1e-3, max_iter: int = 40,
+                   change: Callable[[Array, Array], float] | None = None) -> float | None:
     """The strength ``s`` at which :func:`edit` changes ``image`` by ``target_rms`` (pixel RMS).
+
+    ``change(edited, image)`` replaces the pixel RMS by another measure of change (a metric's distance:
+    ``attr_contests`` with ``match_by=<metric>``); ``target_rms`` and ``tol`` are then in its units.
 
     Used to match edits of different attributes in pixel L2 (attribute contests). The RMS change at
     ``s = 1/8, 2/8, ..., 1`` is computed in turn until one reaches ``target_rms - tol``; then bisection on
@@ -388,8 +392,10 @@ def match_strength(image, name: str, target_rms: float, *, seed: int | Sequence[
     if not (isinstance(max_iter, numbers.Integral) and max_iter >= 0):
         raise UsageError(f"max_iter must be an integer >= 0, got {max_iter!r}")
 
+    measure = change or rms_change
+
     def rms(s: float) -> float:
-        return rms_change(edit(x, name, s, seed=seed, mask=mask), x)
+        return float(measure(edit(x, name, s, seed=seed, mask=mask), x))
 
     edit(x, name, 0.0, seed=seed, mask=mask)  # the argument checks, before any work
     if target_rms <= tol:

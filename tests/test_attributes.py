@@ -148,6 +148,7 @@ def test_folder_pool_with_masks(tmp_path, clean_env, toy):
     (["--pool", "folder"], "pool=folder needs path="),
     (["--attributes", "hue+sparkle"], "sparkle"),
     (["--analyses", "curves,colours"], "--analyses takes curves, contests, reliance"),
+    (["--analyses", "contests", "--match-by", "nosuchmetric"], "unknown metric 'nosuchmetric'"),
 ])
 def test_bad_options_exit_2(tmp_path, clean_env, toy, capsys, args, message):
     code = main(["analyze", "attributes", "-m", toy, "--images", "3", "--size", "32", "-o", str(tmp_path / "run"),
@@ -232,3 +233,26 @@ def test_coco_pool_masks_from_polygons(tmp_path, clean_env, toy):
                         progress=False, num_workers=0, data_root=str(tmp_path / "data"),
                         task_args={"attr_reliance": {"pool": "coco", "size": 32, "modes": "grey"}}))
     assert not res.meta["failed"] and res.records["n"].tolist() == [3]
+
+
+def test_contests_matched_by_a_metric(tmp_path, clean_env, toy):
+    """match_by=<metric>: the two edits are matched in that metric's distance (here MeanAbs, |a - b| / 255
+    after uint8 rounding), not in pixel RMS; the runner builds the matching metric."""
+    res = run(RunConfig(metrics=["psnr"], tasks=["attr_contests"], out=str(tmp_path / "run"), n_boot=20,
+                        progress=False, num_workers=0,
+                        task_args={"attr_contests": {**SMALL, "attributes": "noise+blur", "match_by": toy}}))
+    assert not res.meta["failed"]
+    s = res.samples
+    assert (np.abs(s["match_a"] - s["match_b"]) <= 2e-3 * s[["match_a", "match_b"]].abs().max(axis=1) + 1e-9).all()
+    # and independently: the mean absolute pixel difference of the served images agrees within uint8 rounding
+    task = AttributeContests(attributes="noise+blur", match_by=toy, **SMALL)
+    from percepbench.registry import TASKS
+    from percepbench.runner import attach_matcher
+
+    attach_matcher(TASKS.get("attr_contests"), task, RunConfig(), __import__("torch").device("cpu"))
+    task.prepare(progress=False, seed=0)
+    imgs = slot_images(task)
+    d_a = np.abs(imgs[:, 0] - imgs[:, 1]).mean(axis=(1, 2, 3))
+    d_b = np.abs(imgs[:, 0] - imgs[:, 2]).mean(axis=(1, 2, 3))
+    assert np.allclose(d_a, d_b, atol=3e-3)
+    assert "equal toy-meanabs distance" in res.meta["task_protocols"]["attr_contests"]["matching"]
