@@ -173,7 +173,25 @@ class DistanceMetric(Metric):
               "input_range": self.input_range}
         x = to_unit_range(preds, name="preds", **kw)
         y = to_unit_range(target, name="target", **kw)
-        return x.to(self.device), y.to(self.device)
+        x, y = x.to(self.device), y.to(self.device)
+        dtype = self._network_dtype()
+        if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            # float64 (numpy's default) or half inputs to a float32 network: computed in the network's dtype
+            x, y = x.to(dtype), y.to(dtype)
+        return x, y
+
+    def _network_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the metric's parameters and buffers, when it has a network (else None)."""
+        memo = getattr(self, "_percepbench_dtype", False)
+        if memo is not False:
+            return memo
+        dtype = next((t.dtype for t in [*self.parameters(), *self.buffers()] if t.is_floating_point()), None)
+        self._percepbench_dtype = dtype
+        return dtype
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._percepbench_dtype = False  # .to(dtype) / .half() / .double() change it: look again
+        return super()._apply(fn, *args, **kwargs)
 
     def pairwise(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Validated per-pair distances, shape (N,), without touching the metric's state."""

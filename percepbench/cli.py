@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from percepbench.errors import DataError, OfflineError, UsageError, WeightsError
+from percepbench.errors import DataError, OfflineError, UsageError, WeightsError, user_message
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -40,7 +40,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the results --out holds (results.json, samples.parquet and the report's files "
                         "are removed; other files stay)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="stop before anything runs when a metric's weights or a task's data are missing (by "
+                        "default every other pair runs, the missing ones are recorded, and the exit code is 1)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--resize", metavar="SIZE",
+                   help="load size for metrics without a fixed input size (e.g. 256 or 256x256, bicubic), so they "
+                        "run on data of mixed image sizes; recorded per (task, metric) in the protocol")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's, the physical cores); fewer when other processes "
+                        "share the machine")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default), or run the metrics under torch.autocast in bf16/fp16 (faster on GPUs; "
                         "scores shift slightly, and the precision is recorded in the results)")
@@ -161,6 +170,8 @@ def _add_list_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list registered metrics and tasks")
     p.add_argument("what", nargs="?", choices=["metrics", "tasks", "all"], default="all")
     p.add_argument("--pattern", "-p", default="*", help="glob over names (e.g. 'piq.*')")
+    p.add_argument("--options", action="store_true",
+                   help="also each entry's options (--metric-args / --task-args) with their types and defaults")
 
 
 def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
@@ -259,7 +270,8 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
         "progress": False if args.quiet else None,
         "embed_cache": False if args.no_embed_cache else args.embed_cache,
         "precision": args.precision,
-        "resume": args.resume, "overwrite": args.overwrite,
+        "resume": args.resume, "overwrite": args.overwrite, "strict": args.strict, "threads": args.threads,
+        "resize": args.resize,
     }
     config = build_config(file_values, flags)
     report: dict[str, Any] = {}
@@ -275,7 +287,7 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
             report["error"] = exc
 
     results = run(config, finish=build)
-    print(summary_table(results.records))
+    print(summary_table(results.records, random_weights=results.meta.get("random_weights") or ()))
     failed = results.meta.get("failed") or []
     for f in failed:
         print(f"FAILED {f['metric']} on {f['task']}: {f['error']}", file=sys.stderr)
@@ -352,6 +364,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from percepbench.config import TORCHMETRICS_OPTIONS
     from percepbench.registry import METRICS, TASKS
     from percepbench.weights import missing_weights
 
@@ -372,6 +385,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             origin = "" if source == "builtin" else f" [{source}]"
             print(f"  {s.name.ljust(width)}{s.description}{alias}{origin}")
             print(f"  {'':{width}}distance: {s.distance}; {status}")
+            if args.options:
+                print(f"  {'':{width}}options: {_options_text(s, hidden=TORCHMETRICS_OPTIONS | {'reduction'})}")
     if args.what in ("tasks", "all"):
         specs = names(TASKS)
         if args.what == "all":
@@ -380,22 +395,51 @@ def cmd_list(args: argparse.Namespace) -> int:
         width = max((len(s.name) for s in specs), default=0) + 2
         for s in specs:
             data = ("built in, no download" if not s.needs_data
-                    else "reads data from --data-root / $PERCEPBENCH_DATA (see README: Human-judgment benchmarks)")
+                    else _data_status(s.dataset) if s.dataset
+                    else "reads your data (path=, see `percepbench list tasks --options`)")
             print(f"  {s.name.ljust(width)}{s.description}")
             print(f"  {'':{width}}{s.kind}, {s.measure}; {data}")
+            if args.options:
+                print(f"  {'':{width}}options: {_options_text(s)}")
     return EXIT_OK
 
 
-def cmd_weights(args: argparse.Namespace) -> int:
-    from percepbench.download import trust_level
-    from percepbench.registry import METRICS
-    from percepbench.weights import cache_dir, ensure_weights, is_present, verify_weight, weight_path
+def _data_status(dataset: str) -> str:
+    """``"data present in <root>"`` or ``"data MISSING: percepbench data download <name> --root <root>"``."""
+    from percepbench.data import data_root, download_command, verify_dataset
 
-    specs = METRICS.select(args.names) if args.names else [s for s in METRICS.specs() if s.weights]
+    root = data_root(None)
+    try:
+        problems = verify_dataset(dataset, root)
+    except Exception as exc:  # a listing must not fail on one dataset's check
+        return f"data status unknown ({type(exc).__name__}: {exc})"
+    if not problems:
+        return f"data present in {root}"
+    return f"data MISSING or incomplete in {root}: `{download_command(dataset, root)}`"
+
+
+def _options_text(spec: Any, hidden: Iterable[str] = ()) -> str:
+    from percepbench.config import describe_options
+
+    try:
+        factory = spec.load()
+    except ImportError as exc:
+        return f"(cannot import {spec.target}: {exc})"
+    return describe_options(factory, hidden=hidden, fixed=dict(spec.kwargs))
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from percepbench.weights import cache_dir
+
     action = args.weights_command
-    if action == "path" and not args.names:
+    if action == "path" and not args.names:  # the cache directory: no metric needs to be imported for it
         print(cache_dir(args.cache))
         return EXIT_OK
+    from percepbench.download import trust_level
+    from percepbench.registry import METRICS
+    from percepbench.weights import ensure_weights, is_present, verify_weight, weight_path
+
+    specs = METRICS.select(args.names) if args.names else [s for s in METRICS.specs() if s.weights]
     failures = 0
     for spec in specs:
         if not spec.weights:
@@ -451,10 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (UsageError, DataError) as exc:
-        print(f"percepbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"percepbench {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except OfflineError as exc:  # offline mode: the message lists every file, URL and destination
-        print(f"percepbench {args.command}: offline: {exc}", file=sys.stderr)
+    except OfflineError as exc:  # offline mode or a failed download: the message lists every file, URL, place
+        from percepbench.download import is_offline
+
+        label = "offline" if is_offline() else "download failed"  # a network failure is not "offline"
+        print(f"percepbench {args.command}: {label}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except WeightsError as exc:  # missing/corrupt weights or a failed download: the message lists files and URLs
         label = "download" if args.command == "data" else "weights"
@@ -466,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("PERCEPBENCH_DEBUG"):
             traceback.print_exc()
-        print(f"percepbench {args.command}: failed: {type(exc).__name__}: {exc} "
+        print(f"percepbench {args.command}: failed: {type(exc).__name__}: {user_message(exc)} "
               "(set PERCEPBENCH_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -14,9 +14,11 @@ option is passed as given, ``+`` included (a path ``root=/data/a+b`` stays one s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,15 @@ class RunConfig:
     resume: bool = False
     #: replace the results ``out`` holds (only percepbench's own files are removed; ``--overwrite``)
     overwrite: bool = False
+    #: stop before anything runs when a metric's weights or a task's data are missing (``--strict``); by
+    #: default the other (task, metric) pairs run and the missing ones are recorded as failed
+    strict: bool = False
+    #: torch's intra-op CPU threads (``torch.set_num_threads``); None: torch's default (the physical cores).
+    #: Fewer threads than cores helps when other processes share the machine (oversubscribed threads spin)
+    threads: int | None = None
+    #: load size (square, bicubic) for metrics without a fixed input size, so that they run on data of mixed
+    #: image sizes (``--resize 256`` or ``256x256``); None: the task's choice or native size
+    resize: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
@@ -69,6 +80,10 @@ class RunConfig:
             from percepbench.data import env_data_root
 
             self.data_root = env_data_root()
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise UsageError(f"threads must be a positive integer, got {self.threads!r}")
+        self.resize = parse_resize(self.resize)
         for name in ("batch_size", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -88,18 +103,38 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def parse_resize(value: Any) -> int | None:
+    """``256``, ``"256"`` or ``"256x256"`` -> 256 (square only: metrics take square inputs); None stays None."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 8):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", str(value))
+    if not m or (m.group(2) and m.group(2) != m.group(1)) or int(m.group(1)) < 8:
+        raise UsageError(f"resize must be a square size in pixels, at least 8, such as 256 or 256x256; got {value!r}")
+    return int(m.group(1))
+
+
 def split_list(value: str | list[str]) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v) for v in value]
 
 
+#: a number as people write it, including what YAML 1.1 reads as text (``1e-3``, ``5E+2``, ``.5e1``)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def parse_scalar(text: str) -> Any:
-    """``"3"`` -> 3, ``"true"`` -> True, ``"0.5"`` -> 0.5, anything else stays a string."""
+    """``"3"`` -> 3, ``"true"`` -> True, ``"0.5"`` -> 0.5, ``"1e-3"`` -> 0.001, anything else stays a string.
+
+    >>> [parse_scalar(t) for t in ("3", "1e-3", "true", "dino")]
+    [3, 0.001, True, 'dino']
+    """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     return value if isinstance(value, (int, float, bool, str)) or value is None else text
 
 
@@ -156,6 +191,89 @@ def list_options(factory: Any) -> set[str]:
     return out
 
 
+#: keyword options ``torchmetrics.Metric.__init__`` takes through ``**kwargs`` (torchmetrics 1.x); a metric
+#: class whose constructors forward ``**kwargs`` up to it accepts these too
+TORCHMETRICS_OPTIONS = frozenset({"compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn",
+                                  "distributed_available_fn", "sync_on_compute", "compute_with_cache"})
+
+
+def accepted_options(factory: Any) -> list[str] | None:
+    """The keyword options ``factory`` accepts, in signature order, or None when it cannot be known.
+
+    A class is read constructor by constructor along its MRO while each forwards ``**kwargs`` to the next
+    (``RetrievalFolder(path, **options)`` -> ``RetrievalTask(ks, queries, ...)``); ``torchmetrics.Metric``
+    ends the walk with :data:`TORCHMETRICS_OPTIONS`. A function, or a chain that ends open (``**kwargs``
+    going nowhere known), gives None.
+    """
+    chain = [c for c in factory.__mro__ if c is not object] if isinstance(factory, type) else [factory]
+    names: list[str] = []
+    for item in chain:
+        init = item.__dict__.get("__init__") if isinstance(factory, type) else item
+        if init is None:
+            continue
+        if f"{getattr(item, '__module__', '')}.{getattr(item, '__name__', '')}" == "torchmetrics.metric.Metric":
+            return names + sorted(TORCHMETRICS_OPTIONS - set(names))
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name != "self" and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def describe_options(factory: Any, *, hidden: Iterable[str] = (), fixed: dict[str, Any] | None = None) -> str:
+    """``"per_family: int = 32, size: int = 128, ..."``: the options of ``factory`` with their types and
+    defaults (``fixed``: the values a spec sets, shown as defaults), for ``percepbench list``."""
+    accepted = accepted_options(factory)
+    if accepted is None:
+        return "(not introspectable)"
+    hidden = set(hidden)
+    chain = [c.__dict__.get("__init__") for c in factory.__mro__] if isinstance(factory, type) else [factory]
+    params: dict[str, inspect.Parameter] = {}
+    for init in chain:
+        if init is None:
+            continue
+        try:
+            for p in inspect.signature(init).parameters.values():
+                params.setdefault(p.name, p)
+        except (TypeError, ValueError):
+            break
+    parts = []
+    for name in accepted:
+        if name in hidden:
+            continue
+        p = params.get(name)
+        text = name
+        if p is not None and p.annotation is not p.empty:
+            text += f": {_annotation_text(p.annotation)}"
+        default = (fixed or {}).get(name, p.default if p is not None else inspect.Parameter.empty)
+        if default is not inspect.Parameter.empty:
+            text += f" = {default!r}"
+        parts.append(text)
+    return ", ".join(parts) or "(none)"
+
+
+def check_options(kind: str, name: str, factory: Any, options: dict[str, Any], *, hidden: Iterable[str] = ()) -> None:
+    """:class:`UsageError` for an option ``factory`` does not take: the name, "did you mean", the valid options
+    (``hidden`` ones, such as torchmetrics' distributed settings, accepted but not listed)."""
+    accepted = accepted_options(factory)
+    if accepted is None:
+        return
+    unknown = [k for k in options if k not in accepted]
+    if not unknown:
+        return
+    shown = [a for a in accepted if a not in set(hidden)]
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, shown, n=1, cutoff=0.6)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise UsageError(f"{kind} {name!r}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
+                     f"its options: {', '.join(shown) or '(none)'}")
+
+
 def as_list_value(value: Any) -> list[Any]:
     """The value of a list option as a list: a string split on ``+`` (each part read by
     :func:`parse_scalar`, empty parts dropped), a list/tuple/set kept, any other value a one-item list."""
@@ -208,8 +326,43 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(k.replace("-", "_") for k in data if k.replace("-", "_") not in known)
     if unknown:
-        raise UsageError(f"{p}: unknown settings {unknown}; known: {sorted(known)}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, sorted(known), n=1))
+                 else k for k in unknown]
+        raise UsageError(f"{p}: unknown settings {', '.join(hints)}; known: {', '.join(sorted(known))}")
+    values = {k.replace("-", "_"): v for k, v in data.items()}
+    for key, value in values.items():
+        problem = setting_type_problem(key, value)
+        if problem:
+            raise UsageError(f"{p}: setting {key!r} {problem}")
+    return values
+
+
+#: what each setting of a config file must be: (python types, in words); None is always allowed
+_SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "metrics": ((list, str), "a list of metric names or a comma-separated string"),
+    "tasks": ((list, str), "a list of task names or a comma-separated string"),
+    "out": ((str,), "a path (text)"), "device": ((str,), "a device name such as cpu or cuda:0"),
+    "batch_size": ((int,), "an integer"), "num_workers": ((int,), "an integer"), "seed": ((int,), "an integer"),
+    "data_root": ((str,), "a path (text)"), "n_boot": ((int,), "an integer"),
+    "metric_args": ((dict,), "a mapping {metric: {option: value}}"),
+    "task_args": ((dict,), "a mapping {task: {option: value}}"),
+    "progress": ((bool,), "true or false"), "embed_cache": ((str, bool), "a path, or false"),
+    "precision": ((str,), "fp32, bf16 or fp16"), "resume": ((bool,), "true or false"),
+    "overwrite": ((bool,), "true or false"), "strict": ((bool,), "true or false"),
+    "threads": ((int,), "an integer"), "resize": ((int, str), "a size such as 256 or 256x256"),
+}
+
+
+def setting_type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the run setting ``key`` (``"must be an integer, got 'abc'"``), or None."""
+    if value is None or key not in _SETTING_TYPES:
+        return None
+    types, words = _SETTING_TYPES[key]
+    if isinstance(value, bool) and bool not in types:
+        return f"must be {words}, got {value!r}"
+    if not isinstance(value, types):
+        return f"must be {words}, got {value!r} ({type(value).__name__})"
+    return None
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:

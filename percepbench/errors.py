@@ -44,3 +44,22 @@ class OfflineError(WeightsError):
 
 class DiskFullError(WeightsError):
     """A write failed because the disk is full (``ENOSPC``); the message names the file being written."""
+
+
+_WORKER_HEADER = "in DataLoader worker process"
+
+
+def user_message(exc: BaseException) -> str:
+    """``exc``'s message for people: an error raised in a ``DataLoader`` worker comes back from torch wrapped
+    in "Caught X in DataLoader worker process N. Original Traceback ...": this returns the original one-line
+    message instead (the same text as without workers)."""
+    text = str(exc)
+    if _WORKER_HEADER not in text or "Original Traceback" not in text:
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    name = type(exc).__name__
+    for i in range(len(lines) - 1, -1, -1):  # the exception line: "<module>.<Name>: message", maybe multi-line
+        head = lines[i].split(":", 1)
+        if len(head) == 2 and (head[0] == name or head[0].endswith("." + name)):
+            return "\n".join([head[1].strip(), *lines[i + 1:]])
+    return lines[-1].strip()

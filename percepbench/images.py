@@ -21,6 +21,8 @@ each 16-bit sample and hands over an 8-bit ``RGB``/``RGBA`` image.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,45 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 #: 8-bit modes PIL always converts to RGB (other modes are checked with a 1x1 image first)
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"})
 _SIXTEEN_BIT_MAX = 65535
+
+
+#: the largest image percepbench decodes, in pixels (width x height): 8000 x 8000 decodes to 192 MB of RGB, and
+#: every metric resizes or batches far smaller images; ``$PERCEPBENCH_MAX_PIXELS`` raises it
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def max_pixels() -> int:
+    """:data:`DEFAULT_MAX_PIXELS`, or ``$PERCEPBENCH_MAX_PIXELS`` when set to a positive integer."""
+    text = os.environ.get("PERCEPBENCH_MAX_PIXELS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    return DEFAULT_MAX_PIXELS
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be opened as an image file before any byte is read, or None: not a regular file
+    (a FIFO or a device would block or never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None  # the caller reports a missing file as such
+    except OSError as exc:
+        return str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or
+                stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a directory"
+                if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        return f"{kind}, not a regular image file"
+    return None
+
+
+def size_problem(im: Image.Image) -> str | None:
+    """Why an opened image is too large to decode (above :func:`max_pixels`), or None."""
+    w, h = im.size
+    if w * h > max_pixels():
+        return (f"{w}x{h} = {w * h:,} pixels is above percepbench's limit of {max_pixels():,} "
+                "($PERCEPBENCH_MAX_PIXELS raises it)")
+    return None
 
 
 def decode_problem(im: Image.Image) -> str | None:
@@ -111,8 +152,14 @@ def load_rgb(path: str | Path) -> Image.Image:
     Raises :class:`DataError` naming the file if it is missing, unreadable, or refused by :func:`to_rgb`.
     """
     p = Path(path)
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"{p}: cannot read image ({problem})")
     try:
         with Image.open(p) as im:
+            too_big = size_problem(im)
+            if too_big:
+                raise DataError(f"{p}: image too large: {too_big}")
             return to_rgb(im, p)
     except DataError:
         raise

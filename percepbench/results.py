@@ -13,7 +13,7 @@
         # timings (the seconds of each (task, metric) are in protocol[].seconds)
         "started", "finished",
         # settings and what ran
-        "precision", "seed", "config", "metrics", "tasks", "weights",
+        "precision", "seed", "config", "metrics", "tasks", "weights", "random_weights",
         "task_protocols", "protocol", "failed"
       },
       "records": [{task, subset, metric, measure, value, ci_low, ci_high, n}, ...],
@@ -23,7 +23,8 @@
 
 ``meta.protocol`` holds one ``{task, metric, inputs, resize, scales_used, embedding, seconds}`` per
 (task, metric) pair that produced records; ``meta.failed`` one ``{task, metric, kind, error}`` per pair that
-failed (``kind`` is ``"data"`` for missing or unreadable data, else ``"failure"``), and one whose ``metric`` is
+failed (``kind`` is ``"data"`` for missing or unreadable data, ``"weights"`` for weight files that are missing
+and could not be fetched, else ``"failure"``), and one whose ``metric`` is
 ``"(paired comparisons)"`` when comparing a task's metrics ended the run. The types of every key,
 and the reading rules (absent keys read as empty, unknown keys kept), are in
 :mod:`percepbench.results_schema`.

@@ -24,7 +24,7 @@ from typing import Any, Literal, NotRequired, TypedDict, Union
 from percepbench.errors import DataError
 
 Precision = Literal["fp32", "bf16", "fp16"]
-FailureKind = Literal["data", "failure"]
+FailureKind = Literal["data", "weights", "failure"]
 
 
 class Environment(TypedDict):
@@ -104,7 +104,8 @@ class Failure(TypedDict):
 
     task: str
     metric: str
-    #: ``"data"``: the task's data is missing or unreadable; ``"failure"``: anything else
+    #: ``"data"``: the task's data is missing or unreadable; ``"weights"``: the metric's weight files are
+    #: missing and could not be downloaded (the pair never ran); ``"failure"``: anything else
     kind: FailureKind
     #: ``"<exception type>: <message>"``
     error: str
@@ -124,6 +125,9 @@ class RunMeta(Environment, Timings):
     tasks: dict[str, dict[str, Any]]
     #: the weight files of every metric that has some, by metric name
     weights: dict[str, list[WeightRecord]]
+    #: metrics built with ``pretrained=false`` (random weights: not the published metric); absent in files
+    #: written before the key existed
+    random_weights: NotRequired[list[str]]
     #: what each task's ``protocol()`` says about its data (source, generation, labels), by task name
     task_protocols: dict[str, dict[str, Any]]
     #: one entry per (task, metric) pair that produced records, in run order

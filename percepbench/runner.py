@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import percepbench
 from percepbench.config import RunConfig
 from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
-from percepbench.errors import DataError, PercepbenchError, UsageError
+from percepbench.errors import DataError, PercepbenchError, UsageError, WeightsError, user_message
 from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.registry import METRICS, TASKS
 from percepbench.results import (
@@ -47,7 +47,7 @@ from percepbench.results import (
 )
 from percepbench.results_schema import EmbeddingStats, Environment, Failure, ProtocolEntry, RunMeta
 from percepbench.rundir import lock_run_dir, remove_run_files, settings_differences
-from percepbench.specs import MetricSpec, TaskSpec
+from percepbench.specs import InputConvention, MetricSpec, TaskSpec
 from percepbench.weights import usable_offline
 
 if TYPE_CHECKING:
@@ -165,6 +165,13 @@ def default_out_dir() -> Path:
 PAIRED_COMPARISONS = "(paired comparisons)"
 
 
+def _quiet_libraries() -> None:
+    """``--quiet``: no progress bars from the libraries percepbench calls either (Hugging Face datasets)."""
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read by datasets when it is imported
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
 def _check_run_options(config: RunConfig) -> None:
     """The options :func:`run` checks itself: seed, ``resume``/``overwrite`` (which need ``out``)."""
     for name in ("resume", "overwrite"):
@@ -217,7 +224,7 @@ def _previous_run(out: Path, config: RunConfig, settings: dict[str, Any]) -> Run
         raise DataError(f"{exc}; --resume cannot continue it (--overwrite replaces it)") from exc
     meta = previous.meta
     recorded = {**meta["config"], "metrics": list(meta["metrics"]), "tasks": list(meta["tasks"]),
-                "seed": meta["seed"], "precision": meta["precision"]}
+                "seed": meta["seed"], "precision": meta["precision"], "resize": meta["config"].get("resize")}
     differences = settings_differences(recorded, settings)
     if differences:
         raise UsageError(f"--resume: the run in {out} was made with other settings: {'; '.join(differences)}. "
@@ -285,20 +292,49 @@ def _args_for(registry, spec_name: str, args: dict[str, dict[str, Any]]) -> dict
     return merged
 
 
+def random_weight_metrics(metric_specs: list[MetricSpec], config: RunConfig) -> list[str]:
+    """The metrics of a run built with ``pretrained=false``: random weights, not the published metric (labelled
+    so in the printed table, ``results.json``, the reports and ``compare``)."""
+    return [s.name for s in metric_specs
+            if _args_for(METRICS, s.name, config.metric_args).get("pretrained", s.kwargs.get("pretrained")) is False]
+
+
+def check_metric_options(spec: MetricSpec, config: RunConfig) -> None:
+    """:class:`UsageError` naming an option the metric does not take, with "did you mean" and its options."""
+    from percepbench.config import TORCHMETRICS_OPTIONS, check_options
+
+    check_options("metric", spec.name, spec.load(), _args_for(METRICS, spec.name, config.metric_args),
+                  hidden=TORCHMETRICS_OPTIONS | {"reduction"})
+
+
 def build_metric(spec: MetricSpec, config: RunConfig, device: torch.device) -> DistanceMetric:
     """Instantiate a metric once for the whole run, with its ``--metric-args``, on ``device``."""
     args = _args_for(METRICS, spec.name, config.metric_args)
+    check_metric_options(spec, config)
     try:
         metric = spec.create(reduction="none", **args)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"metric {spec.name!r}: cannot build it with options {args}: {exc}") from exc
     if not isinstance(metric, DistanceMetric):
         raise TypeError(f"metric {spec.name!r} built a {type(metric).__name__}, not a DistanceMetric")
-    return metric.to(device)
+    metric = metric.to(device)
+    if args:  # options the user set: a value the metric rejects (ssim:sigma=0) fails now, before anything runs
+        side = max(spec.inputs.size or 64, spec.inputs.min_size, 16)
+        probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+        try:
+            with torch.inference_mode():
+                metric.pairwise(probe, probe.flip(-1))
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise UsageError(f"metric {spec.name!r} with options {args} fails on a test pair of "
+                             f"{side}x{side} images: {exc}") from exc
+    return metric
 
 
 def build_task(spec: TaskSpec, config: RunConfig) -> Task:
+    from percepbench.config import check_options
+
     args = _args_for(TASKS, spec.name, config.task_args)
+    check_options("task", spec.name, spec.load(), args)
     try:
         return spec.create(**args)
     except (TypeError, ValueError) as exc:
@@ -396,7 +432,7 @@ def check_finite_distances(columns: dict[str, np.ndarray], items: pd.DataFrame, 
 def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig,
                       device: torch.device, desc: str) -> dict[str, np.ndarray]:
     """Per-item distance columns (``task.comparisons``) for one metric."""
-    dataset = task.dataset(task.inputs_for(spec.inputs))
+    dataset = task.dataset(loaded_inputs(task, spec, config))
     workers = 0 if getattr(task, "in_memory", False) else resolve_num_workers(config.num_workers, device)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
@@ -407,6 +443,15 @@ def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, conf
                 d = metric.pairwise(batch[a].to(device, non_blocking=True), batch[b].to(device, non_blocking=True))
                 columns[col].append(d.detach().float().reshape(-1).cpu())
     return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}
+
+
+def loaded_inputs(task: Task, spec: MetricSpec, config: RunConfig) -> InputConvention:
+    """How ``task`` loads images for metric ``spec``: the metric's fixed size when it has one; else
+    ``--resize`` (``config.resize``, bicubic) when given; else the task's own choice (``task.inputs_for``:
+    BAPPS' official 64 px, a retrieval task's ``size=``) or the files at native size."""
+    if spec.inputs.size is None and config.resize is not None:
+        return dataclasses.replace(spec.inputs, size=config.resize, interpolation="bicubic")
+    return task.inputs_for(spec.inputs)
 
 
 def _embedding_path_usable(metric: DistanceMetric, task: Task, spec: MetricSpec) -> bool:
@@ -467,7 +512,7 @@ def embed_files(metric: DistanceMetric, task: Task, spec: MetricSpec, config: Ru
         stats["from_cache"] = len(paths) - len(missing)
     bad: list[int] = []
     if missing:
-        dataset = task.image_dataset([paths[i] for i in missing], task.inputs_for(spec.inputs))
+        dataset = task.image_dataset([paths[i] for i in missing], loaded_inputs(task, spec, config))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                             num_workers=resolve_num_workers(config.num_workers, device),
                             pin_memory=device.type == "cuda")
@@ -621,7 +666,7 @@ def rank_pairwise(metric: DistanceMetric, task: Task, spec: MetricSpec, config: 
     from percepbench.search import tie_key
 
     t0 = time.perf_counter()
-    inputs = task.inputs_for(spec.inputs)
+    inputs = loaded_inputs(task, spec, config)
     queries, gallery = task.query_images, task.gallery_images
     nq, ng = len(queries), len(gallery)
     dist = np.empty((nq, ng), dtype=np.float64)
@@ -698,6 +743,78 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86_400:.1f} days"
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _download_size(metric_names: list[str]) -> str:
+    """``"about 1.2 GB"`` for the missing weight files of these metrics (``"size unknown"`` when a file's size
+    is not declared: upstream publishes no size for it)."""
+    from percepbench.weights import cache_dir, is_present
+
+    files = {w.filename: w for name in metric_names for w in METRICS.get(name).weights
+             if w.cache != "package" and not is_present(w, cache_dir())}
+    if not files:
+        return "size unknown"
+    known = sum(w.size for w in files.values() if w.size)
+    unknown = sum(1 for w in files.values() if not w.size)
+    text = f"{len(files)} file(s), about {known / 1e9:.2f} GB" if known >= 1e8 else \
+        f"{len(files)} file(s), about {known / 1e6:.0f} MB"
+    return text + (f" plus {unknown} of unknown size" if unknown and known else "") if known else \
+        f"{len(files)} file(s) of unpublished size"
+
+
+def check_prerequisites(missing: list[tuple[str, str, str, PercepbenchError]], ready: list[tuple[TaskSpec, Task]],
+                        metrics: dict[str, DistanceMetric], config: RunConfig
+                        ) -> list[tuple[str, str, str, PercepbenchError]]:
+    """Say every missing prerequisite (weight files, datasets) in one message; return the ones the run skips.
+
+    With nothing missing: nothing. With ``config.strict``, or when nothing at all could run: raise the one
+    message (:class:`DataError` when only data is missing, exit 2; else :class:`WeightsError`, exit 1).
+    Otherwise: log it as a warning and return the missing items; the run scores every other pair and
+    records these pairs in ``meta.failed`` (kind ``"weights"`` or ``"data"``).
+    """
+    if not missing:
+        return []
+    lines = []
+    for kind, title in (("weights", "metrics (or a task's matching metric) whose weight files are missing"),
+                        ("data", "tasks whose data is missing or unreadable")):
+        items = [(name, exc) for k, _, name, exc in missing if k == kind]
+        if items:
+            lines.append(f"{len(items)} {title}:")
+            for name, exc in items:
+                body = str(exc).strip().replace("\n", "\n      ")
+                lines.append(f"  - {name}: {body}")
+    weight_names = [name for kind, role, name, _ in missing if kind == "weights" and role == "metric"]
+    if weight_names:
+        lines.append(f"Fetch every missing weight file with: percepbench weights download {' '.join(weight_names)}"
+                     f" ({_download_size(weight_names)}; each file's URL and place are listed above, to fetch "
+                     "by hand when offline)")
+    message = "\n".join(lines)
+    nothing_runs = not ready or not metrics
+    if config.strict or nothing_runs:
+        why = ("--strict: nothing was run" if config.strict else
+               "no (task, metric) pair can run without them")
+        error_type = DataError if all(kind == "data" for kind, _, _, _ in missing) else WeightsError
+        raise error_type(f"prerequisites missing ({why}):\n{message}")
+    log.warning("prerequisites missing: the other (task, metric) pairs run, these are recorded as failed "
+                "(--strict stops instead):\n%s", message)
+    return missing
+
+
+def _skipped_pairs(skipped: list[tuple[str, str, str, PercepbenchError]], task_specs: list[TaskSpec],
+                   metric_specs: list[MetricSpec]) -> list[Failure]:
+    """One ``meta.failed`` entry per (task, metric) pair a missing prerequisite keeps from running."""
+    found: dict[tuple[str, str], Failure] = {}
+    for kind, role, name, exc in skipped:
+        pairs = [(name, m.name) for m in metric_specs] if role == "task" else [(t.name, name) for t in task_specs]
+        for task, metric in pairs:
+            found.setdefault((task, metric), {"task": task, "metric": metric,
+                                              "kind": "data" if kind == "data" else "weights",
+                                              "error": f"{type(exc).__name__}: {_first_line(exc)}"})
+    return [found[(t.name, m.name)] for t in task_specs for m in metric_specs if (t.name, m.name) in found]
+
+
 def check_pair_limits(tasks: list[tuple[TaskSpec, Task]], metric_specs: list[MetricSpec],
                       metrics: dict[str, DistanceMetric], config: RunConfig, device: torch.device) -> None:
     """Refuse, before anything runs, every (set-level task, metric without embeddings) whose query x gallery
@@ -715,7 +832,7 @@ def check_pair_limits(tasks: list[tuple[TaskSpec, Task]], metric_specs: list[Met
             metric = metrics[mspec.name]
             if ranks_with_embeddings(metric, task, mspec):
                 continue
-            size = task.inputs_for(mspec.inputs).size or 224
+            size = loaded_inputs(task, mspec, config).size or 224
             rate = _pairs_per_second(metric, size, device, config)
             problems.append(f"{mspec.name} on {tspec.name}: {pairs:,} query x gallery distance evaluations "
                             f"({len(task.query_images):,} queries x {len(task.gallery_images):,} gallery images) "
@@ -755,11 +872,15 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         TASKS.resolve(name)
     device = resolve_device(config.device)
     precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
+    if not config.progress:
+        _quiet_libraries()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     config = dataclasses.replace(config, num_workers=resolve_num_workers(config.num_workers, device))
     _check_run_options(config)
     settings = {"metrics": [s.name for s in metric_specs], "tasks": [s.name for s in task_specs],
                 "metric_args": config.metric_args, "task_args": config.task_args, "seed": config.seed,
-                "precision": config.precision, "n_boot": config.n_boot}
+                "precision": config.precision, "n_boot": config.n_boot, "resize": config.resize}
     requested = Path(config.out) if config.out else None
     with contextlib.ExitStack() as stack:
         locked = requested is not None and requested.is_dir()
@@ -770,11 +891,28 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         # build and prepare everything before any long work, so bad options and bad data fail fast (exit 2)
         # and nothing is written
         tasks = [(tspec, build_task(tspec, config)) for tspec in task_specs]
+        for mspec in metric_specs:  # a misspelt metric option fails now, not after the tasks' data is read
+            check_metric_options(mspec, config)
+        missing: list[tuple[str, str, str, PercepbenchError]] = []  # (kind, "task"/"metric", its name, why)
+        ready: list[tuple[TaskSpec, Task]] = []
         for tspec, task in tasks:
-            attach_matcher(tspec, task, config, device)
-            _prepare_task(tspec, task, config)
-        metrics = {mspec.name: build_metric(mspec, config, device) for mspec in metric_specs}
-        check_pair_limits(tasks, metric_specs, metrics, config, device)
+            try:
+                attach_matcher(tspec, task, config, device)
+                _prepare_task(tspec, task, config)
+            except (DataError, WeightsError) as exc:  # everything missing is gathered, then said at once
+                missing.append(("data" if isinstance(exc, DataError) else "weights", "task", tspec.name, exc))
+                continue
+            ready.append((tspec, task))
+        metrics: dict[str, DistanceMetric] = {}
+        for mspec in metric_specs:
+            try:
+                metrics[mspec.name] = build_metric(mspec, config, device)
+            except WeightsError as exc:
+                missing.append(("weights", "metric", mspec.name, exc))
+        skipped = check_prerequisites(missing, ready, metrics, config)
+        tasks = ready
+        runnable = [m for m in metric_specs if m.name in metrics]
+        check_pair_limits(tasks, runnable, metrics, config, device)
         out = _make_out_dir(requested)
         if not locked:
             stack.enter_context(lock_run_dir(out))
@@ -795,19 +933,23 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
             "metrics": {s.name: s.to_dict() for s in metric_specs},
             "tasks": {s.name: s.to_dict() for s in task_specs},
             "weights": {s.name: weight_hashes(s) for s in metric_specs if s.weights},
+            "random_weights": random_weight_metrics(metric_specs, config),
             "task_protocols": {tspec.name: task.protocol() for tspec, task in tasks},
             "protocol": [],
             "failed": [],
         }
+        finished = _finished_pairs(previous)
+        meta["failed"] += [f for f in _skipped_pairs(skipped, task_specs, metric_specs)
+                           if (f["task"], f["metric"]) not in finished]
         results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
         position: dict[str, str | None] = {"task": None, "metric": None}
         try:
-            _score(config, device, tasks, metric_specs, metrics, results, _finished_pairs(previous), position)
+            _score(config, device, tasks, runnable, metrics, results, finished, position)
         except Exception as exc:
             if position["task"] is not None:
                 failure: Failure = {"task": position["task"], "metric": position["metric"] or PAIRED_COMPARISONS,
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
-                                    "error": f"{type(exc).__name__}: {exc}"}
+                                    "error": f"{type(exc).__name__}: {user_message(exc)}"}
                 meta["failed"].append(failure)
                 with contextlib.suppress(Exception):  # the results as of the last finished pair, and why it ended
                     write_results(out, results)
@@ -857,6 +999,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
         write_results(out, results)
 
     flush()
+    overall = tqdm(total=len(pairs), desc="run", unit="pair", disable=not config.progress,
+                   initial=sum(p in finished for p in pairs), dynamic_ncols=True)
     for tspec, task in tasks:
         items = task.items.reset_index(drop=True)
         file_hashes: dict[str, str] = {}
@@ -864,6 +1008,7 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
             position.update(task=tspec.name, metric=mspec.name)
             if (tspec.name, mspec.name) in finished:  # resumed: kept as the previous run wrote it
                 continue
+            overall.set_postfix_str(f"{tspec.name} · {mspec.name}")
             t0 = time.perf_counter()
             embedding_stats = None
             search_info = None
@@ -895,23 +1040,25 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
             except Exception as exc:  # one broken metric must not lose the others' results
                 failure: Failure = {"task": tspec.name, "metric": mspec.name,
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
-                                    "error": f"{type(exc).__name__}: {exc}"}
+                                    "error": f"{type(exc).__name__}: {user_message(exc)}"}
                 meta["failed"].append(failure)
-                log.warning("%s on %s failed: %s: %s", mspec.name, tspec.name, type(exc).__name__, exc)
+                log.warning("%s on %s failed: %s: %s", mspec.name, tspec.name, type(exc).__name__, user_message(exc))
                 if os.environ.get("PERCEPBENCH_DEBUG"):
                     traceback.print_exc()
                 flush()
+                overall.update()
                 continue
             samples.append(frame)
             records.extend(pair_records)
-            loaded = task.inputs_for(mspec.inputs)
+            loaded = loaded_inputs(task, mspec, config)
+            by = ("--resize" if config.resize is not None and mspec.inputs.size is None else
+                  getattr(task, "resize_note", None) or OFFICIAL_LOAD)
             entry: ProtocolEntry = {
                 "task": tspec.name, "metric": mspec.name,
                 "inputs": loaded.to_dict(),
                 "resize": ("native size" if loaded.size is None else
                            f"{loaded.size}x{loaded.size} {loaded.interpolation}")
-                          + (f" ({getattr(task, 'resize_note', None) or OFFICIAL_LOAD})" if loaded != mspec.inputs
-                             else ""),
+                          + (f" ({by})" if loaded != mspec.inputs else ""),
                 "scales_used": getattr(metric, "last_scales", None),
                 "precision": metric.computes_in(config.precision),
                 "embedding": embedding_stats,
@@ -921,10 +1068,12 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 entry["search"] = search_info
             meta["protocol"].append(entry)
             flush()
+            overall.update()
         position["metric"] = None
         in_run_order()
         comparisons.extend(compare_metrics(tspec.name, task, samples, config))
         flush()
+    overall.close()
     meta["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     flush(complete=True)
     return results

@@ -248,6 +248,8 @@ class TaskSpec:
     kind: Literal["2afc", "jnd", "odd_one_out", "retrieval", "analysis"] = "2afc"
     measure: str = "2afc_accuracy"
     needs_data: bool = False
+    #: the dataset source (``percepbench data ...``) the task reads by default, when it has one
+    dataset: str = ""
     licence: str = ""
     citation: str = ""
     default: bool = False

@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -80,16 +81,25 @@ def cache_dir(cache_dir: str | Path | None = None) -> Path:
     env = os.environ.get("PERCEPBENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    import torch.hub
+    return hub_dir() / "percepbench"
 
-    return Path(torch.hub.get_dir()) / "percepbench"
+
+def hub_dir() -> Path:
+    """torch's hub dir, ``torch.hub.get_dir()``: read from torch when it is imported (``torch.hub.set_dir``
+    may have moved it), else worked out as torch does (``$TORCH_HOME/hub``, else
+    ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``) without importing torch, so that ``percepbench
+    weights path`` answers at once."""
+    if "torch.hub" in sys.modules:
+        return Path(sys.modules["torch.hub"].get_dir())
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home:
+        torch_home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub"
 
 
 def torch_hub_checkpoints() -> Path:
     """``<torch hub dir>/checkpoints``: torchvision's weights cache (resolved at call time, not created)."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return hub_dir() / "checkpoints"
 
 
 def package_dir(package: str) -> Path | None:

@@ -225,6 +225,17 @@ def collect(results: RunResults) -> ReportContent:
         pooled = F._pooled_subset(subsets)
         if pooled is not None:
             pooled_by_task[task] = pooled
+    random = [m for m in meta.get("random_weights") or []]
+    if random:
+        from percepbench.reports.summary import RANDOM_LABEL
+
+        notes.append(f"Computed with random weights (pretrained=false), not the published metrics: {', '.join(random)}; "
+                     "their numbers check the pipeline, they are not the metrics' scores.")
+        for tables in headline.values():
+            for table in tables:
+                for row in table.rows:
+                    if row and row[0] in random:
+                        row[0] = f"{row[0]}{RANDOM_LABEL}"
     if not results.complete:
         notes.append("This run is incomplete (complete = false): it was interrupted or is still running, so "
                      "the results cover only the (task, metric) pairs that finished.")

@@ -417,6 +417,24 @@ def _counts(rec: pd.DataFrame, task: str) -> dict[str, set[int]]:
     return {s: set(pd.to_numeric(g["n"], errors="coerce").dropna().astype(int)) for s, g in df.groupby("subset")}
 
 
+def _setting_notes(mb: dict[str, Any], mn: dict[str, Any]) -> list[str]:
+    """Notes on settings that differ between the runs and move scores without any code change: metric
+    options, seed, random weights (``pretrained=false``)."""
+    notes = []
+    ab, an = ((m.get("config") or {}).get("metric_args") or {} for m in (mb, mn))
+    if ab != an:
+        notes.append(f"the runs used different metric options ({ab or 'none'} -> {an or 'none'})")
+    if mb.get("seed") != mn.get("seed"):
+        notes.append(f"the runs used different seeds ({mb.get('seed')} -> {mn.get('seed')}): generated items and "
+                     "bootstrap CIs differ")
+    rb, rn = (set(m.get("random_weights") or []) for m in (mb, mn))
+    for run, names in (("baseline", rb), ("new", rn)):
+        if names:
+            notes.append(f"the {run} run computed {', '.join(sorted(names))} with random weights (pretrained=false): "
+                         "not the published metric")
+    return notes
+
+
 def _check_tasks(b: pd.DataFrame, n: pd.DataFrame, base: _Run, new: _Run, notes: list[str]) -> None:
     tasks = sorted(set(b.index.get_level_values("task")) & set(n.index.get_level_values("task")))
     for task in tasks:
@@ -640,6 +658,7 @@ def compare_runs(
     if pb != pn:
         notes.append(f"the runs used different precision ({pb} -> {pn}): expect small score shifts from that alone")
     _check_tasks(b, n, base, nw, notes)
+    notes += _setting_notes(base.meta, nw.meta)
 
     sb, sn = _Samples(base.results.samples), _Samples(nw.results.samples)
     analyses = {t for run in (base, nw) for t, spec in (run.results.meta.get("tasks") or {}).items()

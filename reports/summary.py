@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 
 from percepbench.results import ALL
 
+#: how the plain-text table and the reports label a metric run with random weights
+RANDOM_LABEL = " (random weights)"
 
-def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
+
+def summary_table(records: pd.DataFrame, *, task: str | None = None, random_weights: Iterable[str] = ()) -> str:
     """One block per task: metrics as rows (best first), subsets as columns, the pooled score with its CI.
 
     Values are the task's measure (2AFC accuracy in %, for 2AFC tasks). A task with several measures
     (retrieval: recall@k, precision@k, map@k) gets one column per measure instead, pooled over its subsets,
-    with the 95% CI of its first measure.
+    with the 95% CI of its first measure. Metrics in ``random_weights`` (built with ``pretrained=false``) are
+    labelled "(random weights)".
     """
     if records.empty:
         return "(no results)"
+    random = set(random_weights)
+    if random:  # results of random weights are labelled wherever a metric is named
+        records = records.assign(metric=[f"{m}{RANDOM_LABEL}" if m in random else m for m in records["metric"]])
     blocks = []
     tasks = [task] if task else list(dict.fromkeys(records["task"]))
     for t in tasks:
@@ -27,7 +36,7 @@ def summary_table(records: pd.DataFrame, *, task: str | None = None) -> str:
             # several measures over subsets without a pooled record (an analysis): its first measure per subset
             df = df[df["measure"] == df["measure"].iloc[0]]
         measure = df["measure"].iloc[0]
-        table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first", sort=False)
+        table = df.pivot_table(index="metric", columns="subset", values="value", aggfunc="first")
         subsets = [c for c in table.columns if c != ALL]
         pooled_record = ALL in table.columns or len(subsets) == 1
         overall = ALL if ALL in table.columns else subsets[0]

@@ -186,7 +186,7 @@ class BAPPS2AFC(FileTwoAFCTask):
 
 
 register_task(TaskSpec(
-    name="bapps_2afc",
+    name="bapps_2afc", dataset="bapps",
     target="percepbench.tasks.bapps:BAPPS2AFC",
     description="BAPPS 2AFC human judgments (LPIPS paper), 64x64 patches, val subsets traditional/cnn/"
                 "superres/deblur/color/frameinterp; options subsets (a+b), split (val|train), root",

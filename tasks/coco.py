@@ -269,7 +269,7 @@ class COCORetrieval(RetrievalTask):
 
 
 register_task(TaskSpec(
-    name="coco_retrieval",
+    name="coco_retrieval", dataset="coco",
     target="percepbench.tasks.coco:COCORetrieval",
     description="Multi-label retrieval on COCO val2017 (5,000 images; labels = annotated categories, relevant "
                 "= a shared category by default; unlabelled images are distractors); options root, min_area, "

@@ -28,7 +28,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from percepbench.errors import DataError
-from percepbench.images import apply_convention, decode_problem, load_rgb, pil_to_tensor
+from percepbench.images import (
+    apply_convention,
+    decode_problem,
+    file_problem,
+    load_rgb,
+    pil_to_tensor,
+    size_problem,
+)
 from percepbench.specs import InputConvention
 from percepbench.tasks.base import Task, TwoAFCTask
 
@@ -95,9 +102,12 @@ def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, lo: float | 
 def _probe(path: str) -> tuple[str, tuple[int, int] | str]:
     """``("ok", (w, h))``, ``("missing", "")`` or ``("unreadable", reason)`` from the image header (and the
     pixels of integer and float images, whose values decide whether they decode: :func:`decode_problem`)."""
+    problem = file_problem(path)
+    if problem:
+        return "unreadable", problem
     try:
         with Image.open(path) as im:
-            problem = decode_problem(im)
+            problem = size_problem(im) or decode_problem(im)
             if problem is not None:
                 return "unreadable", problem
             return "ok", im.size

@@ -202,7 +202,7 @@ class ImageNetR(RetrievalTask):
 
 
 register_task(TaskSpec(
-    name="imagenet_r",
+    name="imagenet_r", dataset="imagenet_r",
     target="percepbench.tasks.imagenet_r:ImageNetR",
     description="Retrieval on ImageNet-R (200 classes, 30,000 renditions; relevant = same class), "
                 "subsets = rendition types; options root and the retrieval options (ks, queries, gallery, "

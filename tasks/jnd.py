@@ -156,7 +156,7 @@ class BAPPSJND(FileJNDTask):
 
 
 register_task(TaskSpec(
-    name="bapps_jnd",
+    name="bapps_jnd", dataset="bapps",
     target="percepbench.tasks.jnd:BAPPSJND",
     description="BAPPS JND human judgments (LPIPS paper): VOC average precision of 'same' pairs by "
                 "distance, subsets traditional/cnn; options subsets (a+b), root",

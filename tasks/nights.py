@@ -171,7 +171,7 @@ class NIGHTS(FileTwoAFCTask):
 
 
 register_task(TaskSpec(
-    name="nights",
+    name="nights", dataset="nights",
     target="percepbench.tasks.nights:NIGHTS",
     description="NIGHTS 2AFC human judgments (DreamSim paper): votes >= 6, test split by default with "
                 "imagenet / no-imagenet subsets; options subset|split, root, min_votes",

@@ -126,7 +126,7 @@ class ThingsOddOneOut(FileTwoAFCTask):
 
 
 register_task(TaskSpec(
-    name="things",
+    name="things", dataset="things",
     target="percepbench.tasks.things:ThingsOddOneOut",
     description="THINGS odd-one-out triplets (image 3 is the odd one); options root, triplets",
     kind="odd_one_out", measure="odd_one_out_accuracy", needs_data=True,

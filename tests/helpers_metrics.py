@@ -130,3 +130,16 @@ class GreyLevel(DistanceMetric):
 
     def distance(self, preds, target):
         return self.embedding_distance(self.embed(preds), self.embed(target))
+
+
+class NeedsWeights(MeanAbs):
+    """MeanAbs that needs a weight file to build (fetched from an address that does not resolve): a metric
+    whose weights are missing, for the partial-run tests."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        from percepbench.specs import WeightFile
+        from percepbench.weights import ensure_files
+
+        ensure_files((WeightFile("toy_needs_weights.pth", "https://example.invalid/toy_needs_weights.pth"),),
+                     progress=False)

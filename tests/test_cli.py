@@ -97,9 +97,9 @@ def test_argparse_errors_exit_2(args, capsys):
         (["--batch-size", "0"], "batch_size must be >= 1"),
         (["--metric-args", "psnr"], "expects NAME:KEY=VALUE"),
         (["--metric-args", "psnrr:x=1"], "did you mean 'psnr'"),
-        (["--task-args", "severity2afc:colour=1"], "bad --task-args"),
+        (["--task-args", "severity2afc:colour=1"], "task 'severity2afc': unknown option 'colour'; its options: "),
         (["--task-args", "severity2afc:per_family=0"], "per_family must be >= 1"),
-        (["--metric-args", "psnr:bogus=1"], "cannot build it with options {'bogus': 1}"),
+        (["--metric-args", "psnr:bogus=1"], "metric 'psnr': unknown option 'bogus'; its options: validate_args"),
         (["-m", "ms_ssim", "--metric-args", "ms_ssim:scales=9"], "scales must be 'auto' or an integer 1..5"),
         (["--config", "/no/such/file.yaml"], "cannot read config file"),
         (["--device", "gpu-please"], "invalid device"),
@@ -149,7 +149,7 @@ def test_config_file_and_flags_override(capsys, tmp_path, clean_env):
     [
         ("bad.yaml", "metrics: [psnr\n", "not valid YAML"),
         ("bad.toml", "metrics = [", "not valid TOML"),
-        ("unknown.yaml", "metricz: [psnr]\n", "unknown settings ['metricz']"),
+        ("unknown.yaml", "metricz: [psnr]\n", "unknown settings metricz (did you mean metrics?)"),
         ("list.yaml", "- psnr\n", "expected a mapping"),
     ],
 )

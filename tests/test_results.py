@@ -41,6 +41,7 @@ def full_meta() -> dict:
         "metrics": {"psnr": {"name": "psnr"}}, "tasks": {"t": {"name": "t", "kind": "2afc"}},
         "weights": {"lpips.alex": [{"filename": "a.pth", "path": "/c/a.pth", "url": "https://x/a.pth",
                                     "sha256": None}]},
+        "random_weights": [],
         "task_protocols": {"t": {"source": "synthetic"}},
         "protocol": [{"task": "t", "metric": "psnr", "inputs": {"size": None}, "resize": "native size",
                       "scales_used": None, "embedding": None, "seconds": 0.5},
@@ -156,7 +157,7 @@ def test_samples_without_their_key_columns_are_rejected(tmp_path):
         (lambda m: m.update(precision="fp8"), r"meta\.precision must be 'fp32' or 'bf16' or 'fp16'"),
         (lambda m: m.update(failed={}), r"meta\.failed must be a list"),
         (lambda m: m["failed"][0].update(kind="skipped"),
-         r"meta\.failed\[0\]\.kind must be 'data' or 'failure', got 'skipped'"),
+         r"meta\.failed\[0\]\.kind must be 'data' or 'weights' or 'failure', got 'skipped'"),
         (lambda m: m["failed"][0].pop("error"), r"meta\.failed\[0\] lacks 'error'"),
         (lambda m: m["protocol"][0].update(seconds="fast"), r"meta\.protocol\[0\]\.seconds must be a number"),
         (lambda m: m["protocol"][1]["embedding"].update(corrupt_entries_replaced="2"),
@@ -214,7 +215,8 @@ def test_a_real_run_writes_exactly_the_documented_keys(tmp_path, register_temp, 
     raw = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())["meta"]
     assert list(raw) == list(META_KEYS)
     (entry,) = raw["protocol"]
-    assert list(entry) == list(ProtocolEntry.__annotations__)
+    # every documented key, in order; "search" only for set-level (retrieval) tasks
+    assert list(entry) == [k for k in ProtocolEntry.__annotations__ if k != "search"]
     (failure,) = raw["failed"]
     assert list(failure) == list(Failure.__annotations__)
     assert failure["kind"] == "failure" and "broken on purpose" in failure["error"]
