@@ -96,6 +96,9 @@ class DistanceMetric(Metric):
     #: ``"l2"`` (Euclidean), or None: a metric that overrides ``embedding_distance`` without saying is
     #: searched by brute force over its own distance
     embedding_space: ClassVar[str | None] = None
+    #: file names of the spec's weight files this instance loaded (``meta.weights`` lists only those); None:
+    #: all of them. Metrics built with ``pretrained=false`` set it (none, or only the files they still read)
+    weight_files_used: list[str] | None = None
 
     def __init__(self, reduction: Reduction = "mean", validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)

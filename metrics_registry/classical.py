@@ -258,6 +258,14 @@ _PIQ_DESCRIPTIONS = {
     "mdsi": "piq mean deviation similarity index",
 }
 
+#: inputs where piq's gradient is NaN (measured on piq 0.8 with random 64x64 images and a flat grey one):
+#: the square roots and divisions of gradient-magnitude indices at zero difference or zero gradient
+_PIQ_NAN_GRADIENT = {
+    "gmsd": "identical images, flat images", "ms_gmsd": "identical images, flat images",
+    "mdsi": "identical images, flat images", "fsim": "flat images", "srsim": "flat images",
+    "vsi": "flat images", "dss": "flat images",
+}
+
 for _index, _info in PIQ_INDICES.items():
     _dist = "identity (already a distance)" if not _info.similarity else (
         "-PSNR (dB)" if _index == "psnr" else f"1 - {_index.upper()}")
@@ -267,5 +275,6 @@ for _index, _info in PIQ_INDICES.items():
         inputs=InputConvention(min_size=_info.min_size),
         reference=f"piq.{_info.function}(data_range=1, reduction='none')",
         licence="Apache-2.0 (piq)", citation=_PIQ_CITE, precisions=FP32_ONLY,
+        nan_gradient=_PIQ_NAN_GRADIENT.get(_index, ""),
     ))
 

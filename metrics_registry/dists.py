@@ -205,6 +205,8 @@ class DISTSMetric(DistanceMetric):
         if trunk is not None:
             network.load_trunk(*trunk)
         self.network = self.freeze(network)
+        if not pretrained:  # a random trunk; the shipped alpha/beta are still read
+            self.weight_files_used = [ALPHA_BETA_WEIGHTS.filename]
 
     def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.resize == "official":

@@ -60,6 +60,8 @@ class DreamSimMetric(DistanceMetric):
             raise ValueError(f"input_range must be (0, 1) or (-1, 1), got {input_range!r}")
         self.variant = variant
         self.input_range = (float(input_range[0]), float(input_range[1]))
+        if not pretrained:  # random weights: no file of the spec is read
+            self.weight_files_used = []
         self.model = self.freeze(build_dreamsim(variant, cache_dir=cache_dir, pretrained=pretrained, lora=lora,
                                                 normalize_embeds=normalize_embeds, merge=merge_lora))
         self.input_convention = VARIANTS[variant].inputs

@@ -49,6 +49,8 @@ class ZeroShotEmbeddingMetric(DistanceMetric):
         self.backbone = backbone
         variant = zero_shot_variant(backbone, feature)
         self.input_convention = variant.inputs
+        if not pretrained:  # random weights: no file of the spec is read
+            self.weight_files_used = []
         self.model = self.freeze(build_dreamsim(variant, cache_dir=cache_dir, pretrained=pretrained,
                                                 normalize_embeds=normalize_embeds))
 

@@ -305,6 +305,8 @@ class LPIPSMetric(DistanceMetric):
             network.load_trunk(*trunk)
         self.network = self.freeze(network)
         self.last_spatial_map: torch.Tensor | None = None
+        if not pretrained or heads_file is not None:  # random trunk and heads, or the user's own heads file
+            self.weight_files_used = [TRUNK_WEIGHTS[net].filename] if pretrained else []
 
     def _maps(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         return self.network(2.0 * x - 1.0, 2.0 * y - 1.0)

@@ -111,6 +111,19 @@ def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     add_inversion_parser(asub)
 
 
+def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download everything a run needs: its metrics' weights and its tasks' data",
+                       description="Fetch, for the metrics and tasks a `percepbench run` would use, every missing "
+                                   "weight file (`weights download`) and every dataset the tasks read (`data "
+                                   "download`); what is present is checked, not fetched again. Exit 0 when "
+                                   "everything is in place, 1 when something could not be fetched (each listed).")
+    p.add_argument("--metrics", "-m", help="comma-separated metric names or globs (default: all)")
+    p.add_argument("--tasks", "-t", help="comma-separated task names or globs (default: severity2afc)")
+    p.add_argument("--data-root", help="data root (default: $PERCEPBENCH_DATA or ~/.cache/percepbench/data)")
+    p.add_argument("--cache", help="weights cache dir (default: $PERCEPBENCH_CACHE or <torch hub>/percepbench)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
 def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write figures, report.html and report.md for a results directory",
                        description="Build the report of a run directory (a pure function of its result files).")
@@ -204,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_run_parser(sub)
     _add_analyze_parser(sub)
+    _add_fetch_parser(sub)
     _add_report_parser(sub)
     _add_compare_parser(sub)
     _add_list_parser(sub)
@@ -306,6 +320,36 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
     return EXIT_FAILURE if failed or report_failed else EXIT_OK
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """``percepbench fetch``: every weight file of the selected metrics, every dataset of the selected tasks."""
+    from percepbench.config import split_list
+    from percepbench.data import data_root, download_dataset
+    from percepbench.errors import PercepbenchError
+    from percepbench.registry import METRICS, TASKS
+    from percepbench.weights import ensure_weights
+
+    metrics = METRICS.select(split_list(args.metrics)) if args.metrics else METRICS.specs()
+    tasks = TASKS.select(split_list(args.tasks) if args.tasks else ["severity2afc"])
+    failures = []
+    for spec in metrics:
+        if not spec.weights:
+            continue
+        try:
+            ensure_weights(spec, args.cache, progress=not args.quiet)
+            print(f"weights {spec.name}: ready")
+        except PercepbenchError as exc:
+            failures.append(f"weights {spec.name}: {user_message(exc)}")
+    root = data_root(args.data_root)
+    for name in dict.fromkeys(t.dataset for t in tasks if t.dataset):
+        try:
+            print(f"data {name}: ready in {download_dataset(name, root, progress=not args.quiet)}")
+        except PercepbenchError as exc:
+            failures.append(f"data {name}: {user_message(exc)}")
+    for line in failures:
+        print(f"FAILED {line}", file=sys.stderr)
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from percepbench.reports import build_report
 
@@ -384,7 +428,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             source = METRICS.source(s.name)
             origin = "" if source == "builtin" else f" [{source}]"
             print(f"  {s.name.ljust(width)}{s.description}{alias}{origin}")
-            print(f"  {'':{width}}distance: {s.distance}; {status}")
+            print(f"  {'':{width}}distance: {s.distance}; {status}"
+                  + (f"; as a loss: gradient NaN on {s.nan_gradient}" if s.nan_gradient else ""))
             if args.options:
                 print(f"  {'':{width}}options: {_options_text(s, hidden=TORCHMETRICS_OPTIONS | {'reduction'})}")
     if args.what in ("tasks", "all"):
@@ -490,7 +535,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with 2
-    handler = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
+    handler = {"run": cmd_run, "analyze": cmd_analyze, "fetch": cmd_fetch, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
                "weights": cmd_weights, "data": cmd_data}[args.command]
     try:
         return handler(args)

@@ -14,6 +14,7 @@ import datetime as _dt
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -367,17 +368,21 @@ def compare_metrics(task_name: str, task: Task, samples: list[pd.DataFrame], con
     return out
 
 
-def weight_hashes(spec: MetricSpec) -> list[dict[str, Any]]:
+def weight_hashes(spec: MetricSpec, metric: Any = None) -> list[dict[str, Any]]:
     """Each weight file of a metric with the sha256 it is verified against: the known one, else the one
     recorded at download (None when neither exists). Files shipped in an installed package (LPIPS heads,
     DISTS alpha/beta) are listed too, with their path inside the package ("" when it is not installed)
-    and ``url`` the package's page."""
+    and ``url`` the package's page. With the built ``metric``: only the files it used
+    (``metric.weight_files_used``; ``pretrained=false`` uses none, or only the shipped ones)."""
     from percepbench.download import recorded_sha256
     from percepbench.errors import WeightsError
     from percepbench.weights import weight_path
 
+    used = getattr(metric, "weight_files_used", None)
     out = []
     for w in spec.weights:
+        if used is not None and w.filename not in used:
+            continue
         try:
             path = weight_path(w)
         except WeightsError:  # shipped in a package that is not installed: the metric cannot run
@@ -790,6 +795,15 @@ def check_prerequisites(missing: list[tuple[str, str, str, PercepbenchError]], r
         lines.append(f"Fetch every missing weight file with: percepbench weights download {' '.join(weight_names)}"
                      f" ({_download_size(weight_names)}; each file's URL and place are listed above, to fetch "
                      "by hand when offline)")
+    selection = []
+    if weight_names:
+        selection += ["-m", ",".join(weight_names)]
+    data_tasks = [name for kind, role, name, _ in missing if kind == "data" and role == "task"]
+    if data_tasks:
+        selection += ["-t", ",".join(data_tasks)]
+    if selection:
+        root = ["--data-root", str(config.data_root)] if config.data_root and data_tasks else []
+        lines.append(f"Or fetch all of it at once: {shlex.join(['percepbench', 'fetch', *selection, *root])}")
     message = "\n".join(lines)
     nothing_runs = not ready or not metrics
     if config.strict or nothing_runs:
@@ -932,7 +946,9 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
             "config": config.to_dict() | {"out": str(out)},
             "metrics": {s.name: s.to_dict() for s in metric_specs},
             "tasks": {s.name: s.to_dict() for s in task_specs},
-            "weights": {s.name: weight_hashes(s) for s in metric_specs if s.weights},
+            "weights": {name: files for name, files in
+                        ((s.name, weight_hashes(s, metrics.get(s.name))) for s in metric_specs if s.weights)
+                        if files},
             "random_weights": random_weight_metrics(metric_specs, config),
             "task_protocols": {tspec.name: task.protocol() for tspec, task in tasks},
             "protocol": [],

@@ -196,6 +196,9 @@ class MetricSpec:
     citation: str = ""
     default: bool = False
     precisions: tuple[str, ...] = PRECISIONS
+    #: where the metric's gradient is not finite (a loss there gives NaN updates), e.g. ``"identical
+    #: images, flat images"``; empty: finite wherever tested (``tests/test_usability.py`` checks both ways)
+    nan_gradient: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name)

@@ -168,12 +168,13 @@ def test_run_records_shipped_files_in_meta_weights(capsys, tmp_path):
                  "-q", "--n-boot", "5", "-o", str(out)]) == 0
     capsys.readouterr()
     weights = load_results(out).meta["weights"]
-    for metric, (trunk, shipped) in (("lpips.squeeze", ("squeezenet1_1-b8a52dc0.pth", "weights/v0.1/squeeze.pth")),
-                                     ("dists", ("vgg16-397923af.pth", "functional/image/dists_models/weights.pt"))):
-        by_name = {entry["filename"]: entry for entry in weights[metric]}
-        assert set(by_name) == {trunk, shipped}
-        path = shipped_path(metric)
-        assert by_name[shipped]["path"] == str(path)
-        assert by_name[shipped]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert by_name[shipped]["sha256"].startswith(PUBLISHED[metric])
-        assert by_name[trunk]["sha256"] is None  # random trunk: nothing downloaded, no hash known
+    # only the files each metric read: LPIPS with pretrained=false reads none (random trunk and heads), DISTS
+    # reads its shipped alpha/beta but not the VGG16 trunk
+    assert "lpips.squeeze" not in weights
+    shipped = "functional/image/dists_models/weights.pt"
+    by_name = {entry["filename"]: entry for entry in weights["dists"]}
+    assert set(by_name) == {shipped}
+    path = shipped_path("dists")
+    assert by_name[shipped]["path"] == str(path)
+    assert by_name[shipped]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert by_name[shipped]["sha256"].startswith(PUBLISHED["dists"])

@@ -159,7 +159,9 @@ def test_random_weights_are_labelled_everywhere(tmp_path, clean_env, capsys):
                             "-o", str(out), "-q", *SMALL)
     assert code == 0, err
     assert "lpips.alex (random weights)" in stdout and "psnr (random weights)" not in stdout
-    assert load_results(out).meta["random_weights"] == ["lpips.alex"]
+    meta = load_results(out).meta
+    assert meta["random_weights"] == ["lpips.alex"]
+    assert "lpips.alex" not in meta["weights"]  # random trunk and heads: no file of its spec was used
     report = (out / "report" / "report.md").read_text()
     assert "lpips.alex (random weights)" in report and "not the published metrics: lpips.alex" in report
     code, stdout, _ = cli(capsys, "compare", str(out), str(out))
@@ -279,3 +281,44 @@ def test_list_shows_each_task_data_status(tmp_path, clean_env, capsys, monkeypat
     assert code == 0
     assert f"data present in {tmp_path / 'data'}" in out.split("things ", 1)[1].split("\n  ")[1]
     assert f"`percepbench data download nights --root {tmp_path / 'data'}`" in out
+
+
+def test_nan_gradient_notes_are_true():
+    """Every offline metric: its gradient on identical and on flat images is NaN exactly where its spec's
+    ``nan_gradient`` says (torch's autograd is the oracle)."""
+    from percepbench.config import RunConfig
+    from percepbench.runner import select_metrics
+
+    gen = torch.Generator().manual_seed(0)
+    cases = {"identical images": torch.rand(1, 3, 64, 64, generator=gen), "flat images": torch.full((1, 3, 64, 64), 0.5)}
+    checked = 0
+    for spec in select_metrics(RunConfig()):
+        if spec.name == "piq.iw_ssim":
+            continue  # refuses flat images outright (a ValueError that says so)
+        metric = spec.create(reduction="none")
+        for case, image in cases.items():
+            x = image.clone().requires_grad_(True)
+            metric.pairwise(x, image.clone()).sum().backward()
+            nan = x.grad is None or not torch.isfinite(x.grad).all()
+            assert nan == (case in spec.nan_gradient), (spec.name, case, spec.nan_gradient)
+            checked += 1
+    assert checked >= 28
+
+
+def test_fetch_gets_what_a_run_needs_or_says_what_failed(tmp_path, clean_env, capsys, monkeypatch):
+    code, _, _ = cli(capsys, "fetch", "-m", "psnr", "-t", "severity2afc", "-q")
+    assert code == 0  # nothing to fetch
+    monkeypatch.setenv("PERCEPBENCH_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, _, err = cli(capsys, "fetch", "-m", "lpips.alex", "-t", "nights,severity2afc", "--data-root",
+                         str(tmp_path / "data"), "-q")
+    assert code == 1
+    assert "FAILED weights lpips.alex: cannot download 1 weight file(s): offline mode is on" in err
+    assert "alexnet-owt-7be5be79.pth" in err and "FAILED data nights: " in err and "nights.zip" in err
+
+
+def test_the_missing_message_gives_the_fetch_command(tmp_path, clean_env, needs, capsys):
+    code, _, err = cli(capsys, "run", "-m", "toy-needs", "-t", "nights", "--data-root", str(tmp_path / "d"), "-q",
+                       "-o", str(tmp_path / "run"))
+    assert code == 1
+    assert f"Or fetch all of it at once: percepbench fetch -m toy-needs -t nights --data-root {tmp_path / 'd'}" in err
