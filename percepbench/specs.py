@@ -248,7 +248,7 @@ class TaskSpec:
     target: str
     description: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    kind: Literal["2afc", "jnd", "odd_one_out", "retrieval", "analysis"] = "2afc"
+    kind: Literal["2afc", "jnd", "odd_one_out", "retrieval", "analysis", "correlation"] = "2afc"
     measure: str = "2afc_accuracy"
     needs_data: bool = False
     #: the dataset source (``percepbench data ...``) the task reads by default, when it has one

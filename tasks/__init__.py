@@ -12,6 +12,7 @@ from percepbench.tasks import (  # noqa: F401  (registers their specs)
     csv_tasks,
     imagenet_r,
     jnd,
+    mos,
     nights,
     retrieval_user,
     severity,

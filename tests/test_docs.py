@@ -21,6 +21,8 @@ MODULES_WITH_EXAMPLES = [
     "percepbench.tasks.things",
     "percepbench.search",
     "percepbench.tasks.retrieval",
+    "percepbench.correlation",
+    "percepbench.config",
 ]
 
 
