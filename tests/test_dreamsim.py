@@ -302,9 +302,9 @@ def test_percepbench_run_with_dreamsim(capsys, tmp_path):
     res = load_results(out)
     (proto,) = res.meta["protocol"]
     assert proto["resize"] == "224x224 bicubic" and proto["metric"] == "dreamsim.dino_vitb16"
-    files = res.meta["weights"]["dreamsim.dino_vitb16"]  # random weights here: nothing present, no hashes
-    assert {f["filename"] for f in files} == {"dreamsim_dino_vitb16_checkpoint.zip",
-                                              "checkpoints/dino_vitbase16_pretrain.pth"}
+    # random weights: no file of the spec was read, so none is listed, and the metric is labelled
+    assert "dreamsim.dino_vitb16" not in res.meta["weights"]
+    assert res.meta["random_weights"] == ["dreamsim.dino_vitb16"]
     s = res.samples
     assert len(s) == 8 and s["d0"].between(0, 2).all() and s["d1"].between(0, 2).all()
     # the 2AFC rule by hand: p if d1 < d0, 1 - p if d0 < d1, 0.5 on a tie; the record is the mean x 100
