@@ -27,26 +27,15 @@ from torch import nn
 
 from percepbench.errors import WeightsError
 from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.metrics_registry.catalog.dists import ALPHA_BETA_WEIGHTS, CITATION, MIN_SIZE, VGG16_WEIGHTS  # noqa: F401
 from percepbench.metrics_registry.lpips_metric import (
-    TRUNK_WEIGHTS,
     load_state_file,
     load_trunk_features,
     load_weight_file,
     strict_load,
 )
-from percepbench.registry import register_metric
-from percepbench.specs import IMAGENET, InputConvention, MetricSpec, WeightFile
+from percepbench.specs import IMAGENET
 
-CITATION = ("Ding, Ma, Wang, Simoncelli. Image Quality Assessment: Unifying Structure and Texture Similarity. "
-            "IEEE TPAMI 44(5), 2022 (arXiv:2004.07728, 2020).")
-
-#: ``torchmetrics/functional/image/dists_models/weights.pt``: alpha and beta of the official DISTS, with the
-#: sha256 of the file in torchmetrics 1.9.0
-ALPHA_BETA_WEIGHTS = WeightFile(
-    filename="functional/image/dists_models/weights.pt", url="https://pypi.org/project/torchmetrics/1.9.0/",
-    sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218", cache="package",
-    package="torchmetrics", package_version="1.9.0")
-VGG16_WEIGHTS = TRUNK_WEIGHTS["vgg"]
 CHANNELS = (3, 64, 128, 256, 512, 512)
 #: indices of torchvision's VGG16 ``features`` after which a stage ends (relu1_2 ... relu5_3)
 STAGE_ENDS = (3, 8, 15, 22, 29)
@@ -191,7 +180,7 @@ class DISTSMetric(DistanceMetric):
     """
 
     is_differentiable = True
-    min_size = 16
+    min_size = MIN_SIZE
 
     def __init__(self, resize: str | None = None, pretrained: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -212,20 +201,3 @@ class DISTSMetric(DistanceMetric):
         if self.resize == "official":
             preds, target = official_resize(preds), official_resize(target)
         return self.network(preds, target)
-
-
-register_metric(MetricSpec(
-    name="dists",
-    target="percepbench.metrics_registry.dists:DISTSMetric",
-    kwargs={"resize": None},
-    description="DISTS (VGG16 + L2 pooling, structure and texture terms); option resize='official' "
-                "(shorter side to 256 when above 256)",
-    distance="identity (DISTS = 1 - weighted structure/texture similarity)",
-    inputs=InputConvention(normalization=(IMAGENET,), min_size=DISTSMetric.min_size),
-    weights=(VGG16_WEIGHTS, ALPHA_BETA_WEIGHTS),
-    reference=("torchmetrics deep_image_structure_and_texture_similarity (parity on a random VGG16 in "
-               f"tests/test_dists.py); alpha/beta from torchmetrics' weights.pt sha256 {ALPHA_BETA_WEIGHTS.sha256}; "
-               f"trunk: torchvision ImageNet weights {VGG16_WEIGHTS.filename}"),
-    licence="MIT (DISTS code and alpha/beta, via torchmetrics, Apache-2.0); trunk weights: torchvision (BSD-3-Clause)",
-    citation=CITATION,
-))

@@ -44,9 +44,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="stop before anything runs when a metric's weights or a task's data are missing (by "
                         "default every other pair runs, the missing ones are recorded, and the exit code is 1)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--resize", metavar="SIZE",
+    p.add_argument("--resize", metavar="[NAME=]SIZE", action="append",
                    help="load size for metrics without a fixed input size (e.g. 256 or 256x256, bicubic), so they "
-                        "run on data of mixed image sizes; recorded per (task, metric) in the protocol")
+                        "run on data of mixed image sizes; NAME=SIZE for one metric or task (psnr=256, "
+                        "task:kadid10k=384, 'piq.*=128'), repeatable; recorded per (task, metric) in the protocol")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's, the physical cores); fewer when other processes "
                         "share the machine")
@@ -264,9 +265,7 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
             extra_task_args: dict[str, dict[str, Any]] | None = None) -> int:
     """``percepbench run`` (and ``analyze attributes``, which passes its ``tasks`` and their options, merged
     under any ``--task-args``)."""
-    from percepbench.config import build_config, load_config_file, parse_name_args, split_list
-    from percepbench.reports import summary_table
-    from percepbench.runner import run
+    from percepbench.config import build_config, check_names, load_config_file, parse_name_args, split_list
 
     file_values = load_config_file(args.config) if args.config else {}
     task_args = parse_name_args(args.task_args, "--task-args") if args.task_args else None
@@ -288,6 +287,10 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
         "resize": args.resize,
     }
     config = build_config(file_values, flags)
+    check_names(config)  # a misspelt name fails here, before torch and the runner are imported
+    from percepbench.reports import summary_table
+    from percepbench.runner import run
+
     report: dict[str, Any] = {}
 
     def build(results: Any) -> None:  # called by run() while the run directory is still locked

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from percepbench.errors import UsageError
+from percepbench.errors import PercepbenchError, UsageError
 
 DEFAULT_TASK = "severity2afc"
 #: the one separator of list values in task and metric options (``families=blur+noise``)
@@ -70,6 +70,10 @@ class RunConfig:
     #: load size (square, bicubic) for metrics without a fixed input size, so that they run on data of mixed
     #: image sizes (``--resize 256`` or ``256x256``); None: the task's choice or native size
     resize: int | None = None
+    #: load sizes for named metrics or tasks, ``{"metric:psnr": 256, "task:kadid10k": 384}`` (names or globs;
+    #: ``--resize metric:psnr=256``, or ``psnr=256`` when the name is only a metric or only a task). For a
+    #: (task, metric) pair the metric's entry wins over the task's, which wins over ``resize``
+    resize_for: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
@@ -83,7 +87,8 @@ class RunConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise UsageError(f"threads must be a positive integer, got {self.threads!r}")
-        self.resize = parse_resize(self.resize)
+        self.resize, entries = parse_resize_setting(self.resize)
+        self.resize_for = {**resolve_resize_entries({**entries, **dict(self.resize_for or {})})}
         for name in ("batch_size", "n_boot"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +116,93 @@ def parse_resize(value: Any) -> int | None:
     if not m or (m.group(2) and m.group(2) != m.group(1)) or int(m.group(1)) < 8:
         raise UsageError(f"resize must be a square size in pixels, at least 8, such as 256 or 256x256; got {value!r}")
     return int(m.group(1))
+
+
+def parse_resize_setting(value: Any) -> tuple[int | None, dict[str, int]]:
+    """The ``resize`` setting -> (run-wide size or None, ``{name: size}``).
+
+    ``value``: None, a size (``256``, ``"256x256"``), an entry ``"NAME=SIZE"`` (``NAME`` a metric or task
+    name or glob, optionally prefixed ``metric:`` or ``task:``), or a list of these (``--resize`` given
+    several times). Two run-wide sizes, or a name given twice, are a :class:`UsageError`.
+    """
+    items = value if isinstance(value, (list, tuple)) else [value]
+    size: int | None = None
+    entries: dict[str, int] = {}
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str) and "=" in item:
+            name, _, text = item.partition("=")
+            name = name.strip()
+            if not name:
+                raise UsageError(f"resize entry {item!r}: say which metric or task, e.g. psnr=256 or task:bapps=64")
+            if name in entries:
+                raise UsageError(f"resize: {name!r} is given twice")
+            entries[name] = parse_resize(text)
+            continue
+        if size is not None:
+            raise UsageError(f"resize: two sizes for the whole run ({size} and {item!r}); name the metric or task "
+                             "of the second, e.g. psnr=256")
+        size = parse_resize(item)
+    return size, entries
+
+
+def resolve_resize_entries(entries: dict[str, int]) -> dict[str, int]:
+    """``{"psnr": 256, "task:bapps": 64}`` -> ``{"metric:psnr": 256, "task:bapps": 64}``: every key prefixed with
+    the registry it names. An unprefixed name known to both registries (``pieapp`` is a metric and a task)
+    asks for the prefix; an unknown one raises UnknownNameError with "did you mean" (checked fully by
+    :func:`check_names`)."""
+    if not entries:
+        return {}
+    from percepbench.registry import METRICS, TASKS
+
+    out: dict[str, int] = {}
+    for name, size in entries.items():
+        kind, sep, pattern = name.partition(":")
+        if sep and kind in ("metric", "task"):
+            key = f"{kind}:{pattern.strip()}"
+        elif sep:
+            raise UsageError(f"resize entry {name!r}: the prefix must be metric: or task:")
+        else:
+            is_metric, is_task = _matches(METRICS, name), _matches(TASKS, name)
+            if is_metric and is_task:
+                raise UsageError(f"resize entry {name!r}: {name!r} is both a metric and a task; write "
+                                 f"metric:{name}={size} or task:{name}={size}")
+            if not is_metric and not is_task:
+                METRICS.select(name)  # raises "unknown metric ..., did you mean ..."
+            key = f"{'metric' if is_metric else 'task'}:{name}"
+        if key in out:
+            raise UsageError(f"resize: {key!r} is given twice")
+        out[key] = int(size)
+    return out
+
+
+def _matches(registry: Any, pattern: str) -> bool:
+    try:
+        registry.select(pattern)
+    except PercepbenchError:
+        return False
+    return True
+
+
+def resize_for_pair(config: RunConfig, task: str, metric: str) -> tuple[int | None, str]:
+    """The load size ``config`` asks for the (``task``, ``metric``) pair and which setting asked for it
+    (``"--resize metric:psnr"``, ``"--resize"``), or (None, "") when none does. Full registered names in."""
+    for kind, name in (("metric", metric), ("task", task)):
+        for key, size in config.resize_for.items():
+            k, _, pattern = key.partition(":")
+            if k == kind and _name_matches(name, pattern):
+                return size, f"--resize {key}"
+    if config.resize is not None:
+        return config.resize, "--resize"
+    return None, ""
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    """``name`` (full, ``lpips.alex``) is selected by ``pattern``: equal, its family, or a shell glob."""
+    import fnmatch
+
+    return name == pattern or name.split(".", 1)[0] == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def split_list(value: str | list[str]) -> list[str]:
@@ -309,6 +401,29 @@ def normalise_options(kind: str, args: dict[str, dict[str, Any]] | None) -> dict
     return out
 
 
+def check_names(config: RunConfig) -> None:
+    """:class:`~percepbench.errors.UnknownNameError` (with "did you mean") for a metric or task name, in the
+    selection or in ``metric_args``/``task_args``, that the registries do not know. Reads only the specs
+    (no torch), so a misspelt name fails in a fraction of a second."""
+    from percepbench.registry import METRICS, TASKS
+
+    if config.metrics is not None:
+        METRICS.select(config.metrics)
+    TASKS.select(config.tasks)
+    for name in config.metric_args:
+        METRICS.resolve(name)
+    for name in config.task_args:
+        TASKS.resolve(name)
+    for key in config.resize_for:
+        kind, _, pattern = key.partition(":")
+        registry = METRICS if kind == "metric" else TASKS
+        specs = registry.select(pattern)
+        fixed = [s.name for s in specs if kind == "metric" and s.inputs.size is not None]
+        if fixed:
+            raise UsageError(f"resize {key}: {', '.join(fixed)} resize images to their own fixed input size "
+                             "(see `percepbench list metrics`); --resize is for metrics without one")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) run config into a dict of RunConfig fields."""
     p = Path(path)
@@ -349,7 +464,9 @@ _SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "progress": ((bool,), "true or false"), "embed_cache": ((str, bool), "a path, or false"),
     "precision": ((str,), "fp32, bf16 or fp16"), "resume": ((bool,), "true or false"),
     "overwrite": ((bool,), "true or false"), "strict": ((bool,), "true or false"),
-    "threads": ((int,), "an integer"), "resize": ((int, str), "a size such as 256 or 256x256"),
+    "threads": ((int,), "an integer"),
+    "resize": ((int, str, list), "a size such as 256 or 256x256, or a list of them and NAME=SIZE entries"),
+    "resize_for": ((dict,), "a mapping {'metric:NAME' or 'task:NAME': size}"),
 }
 
 

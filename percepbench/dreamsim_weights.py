@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from percepbench.models.dreamsim import BACKBONE_ZIPS, VARIANTS
-from percepbench.models.vit import BACKBONES
+from percepbench.models.configs import BACKBONE_ZIPS, BACKBONES, VARIANTS
 from percepbench.specs import WeightFile
 
 

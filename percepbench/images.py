@@ -24,13 +24,16 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from percepbench.errors import DataError
 from percepbench.specs import InputConvention
+
+if TYPE_CHECKING:  # torch loads when a tensor is made, so task modules stay light to import
+    import torch
 
 _PIL_INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -172,6 +175,8 @@ def load_rgb(path: str | Path) -> Image.Image:
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL image of any mode -> uint8 tensor (3, H, W), decoded by :func:`to_rgb`."""
     arr = np.asarray(to_rgb(im), dtype=np.uint8)
+    import torch
+
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -31,7 +31,7 @@ from percepbench.results import RESULTS_FILE, SAMPLES_FILE
 
 LOCK_FILE = ".lock"
 #: The settings a resumed run must share with the run it continues: they decide every record.
-RESUME_KEYS = ("metrics", "tasks", "metric_args", "task_args", "seed", "precision", "n_boot", "resize")
+RESUME_KEYS = ("metrics", "tasks", "metric_args", "task_args", "seed", "precision", "n_boot", "resize", "resize_for")
 
 
 def _holder(path: Path) -> str:

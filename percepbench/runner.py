@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import percepbench
-from percepbench.config import RunConfig
+from percepbench.config import RunConfig, resize_for_pair
 from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
 from percepbench.errors import DataError, PercepbenchError, UsageError, WeightsError, user_message
 from percepbench.metrics_registry.base import DistanceMetric
@@ -451,12 +451,21 @@ def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, conf
 
 
 def loaded_inputs(task: Task, spec: MetricSpec, config: RunConfig) -> InputConvention:
-    """How ``task`` loads images for metric ``spec``: the metric's fixed size when it has one; else
-    ``--resize`` (``config.resize``, bicubic) when given; else the task's own choice (``task.inputs_for``:
-    BAPPS' official 64 px, a retrieval task's ``size=``) or the files at native size."""
-    if spec.inputs.size is None and config.resize is not None:
-        return dataclasses.replace(spec.inputs, size=config.resize, interpolation="bicubic")
+    """How ``task`` loads images for metric ``spec``: the metric's fixed size when it has one; else the size
+    ``--resize`` gives this pair (bicubic; :func:`percepbench.config.resize_for_pair`: the metric's entry,
+    the task's, the run-wide size); else the task's own choice (``task.inputs_for``: BAPPS' official 64 px,
+    a retrieval task's ``size=``) or the files at native size."""
+    size, _ = _resize_setting(task, spec, config)
+    if size is not None:
+        return dataclasses.replace(spec.inputs, size=size, interpolation="bicubic")
     return task.inputs_for(spec.inputs)
+
+
+def _resize_setting(task: Task, spec: MetricSpec, config: RunConfig) -> tuple[int | None, str]:
+    """(size, the setting that asked for it) from ``--resize`` for a metric without a fixed size, else (None, "")."""
+    if spec.inputs.size is not None:
+        return None, ""
+    return resize_for_pair(config, getattr(task.spec, "name", "") or "", spec.name)
 
 
 def _embedding_path_usable(metric: DistanceMetric, task: Task, spec: MetricSpec) -> bool:
@@ -894,7 +903,8 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
     _check_run_options(config)
     settings = {"metrics": [s.name for s in metric_specs], "tasks": [s.name for s in task_specs],
                 "metric_args": config.metric_args, "task_args": config.task_args, "seed": config.seed,
-                "precision": config.precision, "n_boot": config.n_boot, "resize": config.resize}
+                "precision": config.precision, "n_boot": config.n_boot, "resize": config.resize,
+                "resize_for": config.resize_for}
     requested = Path(config.out) if config.out else None
     with contextlib.ExitStack() as stack:
         locked = requested is not None and requested.is_dir()
@@ -1067,8 +1077,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
             samples.append(frame)
             records.extend(pair_records)
             loaded = loaded_inputs(task, mspec, config)
-            by = ("--resize" if config.resize is not None and mspec.inputs.size is None else
-                  getattr(task, "resize_note", None) or OFFICIAL_LOAD)
+            by = (_resize_setting(task, mspec, config)[1]
+                  or getattr(task, "resize_note", None) or OFFICIAL_LOAD)
             entry: ProtocolEntry = {
                 "task": tspec.name, "metric": mspec.name,
                 "inputs": loaded.to_dict(),

@@ -52,13 +52,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from percepbench.errors import DataError
@@ -67,6 +65,10 @@ from percepbench.specs import InputConvention, TaskSpec
 from percepbench.stats import bootstrap_ci, paired_comparison
 from percepbench.tasks.base import Task, score_2afc
 from percepbench.tasks.files import listed, split_list
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
 
 #: default strengths of the edit curves
 STRENGTHS = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -228,8 +230,16 @@ def _require_masks(pool: list[PoolImage], what: str, pool_name: str, path: str |
                         f"({listed(missing)}); expected at {where}")
 
 
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    import torch
+
+    return torch.stack(list(tensors))
+
+
 def _to_uint8(stack: Sequence[np.ndarray]) -> torch.Tensor:
     arr = np.clip(np.rint(np.stack(stack) * 255.0), 0, 255).astype(np.uint8)
+    import torch  # here: importing the task module must not load torch (`percepbench list`)
+
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
@@ -326,7 +336,7 @@ class AttributeCurves(AnalysisTask):
             stacks.append(_to_uint8([p.image, p.image]))
             rows.append({"item": f"identical/{p.id}", "subset": "identical", "image": p.id,
                          "attribute": "identical", "strength": 0.0})
-        self._images = torch.stack(stacks)
+        self._images = _stack(stacks)
         self._items = pd.DataFrame(rows)
         self._protocol = {
             **self._pool_protocol(pool, seed),
@@ -495,7 +505,7 @@ class AttributeContests(AnalysisTask):
         if not rows:
             raise DataError(f"attr_contests: no pair of edits could be matched in pixel RMS on the pool "
                             f"({len(unmatched)} tried)")
-        self._images = torch.stack(stacks)
+        self._images = _stack(stacks)
         self._items = pd.DataFrame(rows)
         self._protocol = {
             **self._pool_protocol(pool, seed),
@@ -548,7 +558,7 @@ class ForegroundReliance(AnalysisTask):
                 rows.append({"item": f"{mode}/{p.id}", "subset": mode, "image": p.id,
                              "foreground_share": float(p.mask.mean()),  # type: ignore[union-attr]
                              "rms_bg": rms_change(bg, p.image), "rms_fg": rms_change(fg, p.image)})
-        self._images = torch.stack(stacks)
+        self._images = _stack(stacks)
         self._items = pd.DataFrame(rows)
         pixel = {m: _reliance(score_2afc(g["rms_bg"].to_numpy(), g["rms_fg"].to_numpy(), np.zeros(len(g))))
                  for m, g in self._items.groupby("subset", sort=False)}

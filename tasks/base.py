@@ -15,15 +15,17 @@ A task knows items and scoring, not networks. For the runner it exposes:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import Dataset
 
 from percepbench.results import ALL
 from percepbench.specs import InputConvention
 from percepbench.stats import bootstrap_ci, paired_comparison, require_finite_distances
+
+if TYPE_CHECKING:  # torch loads when the runner reads a dataset, so `percepbench list` stays light
+    from torch.utils.data import Dataset
 
 #: The pooled subset's name (the one constant :data:`percepbench.results.ALL`, under the name tasks use).
 ALL_SUBSET = ALL

@@ -20,12 +20,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from percepbench.errors import DataError
 from percepbench.images import (
@@ -38,6 +36,10 @@ from percepbench.images import (
 )
 from percepbench.specs import InputConvention
 from percepbench.tasks.base import Task, TwoAFCTask
+
+if TYPE_CHECKING:  # torch loads when the runner reads a dataset, so `percepbench list` stays light
+    import torch
+    from torch.utils.data import Dataset
 
 #: how many problems an error message lists before "... and N more"
 MAX_LISTED = 5
@@ -143,7 +145,7 @@ def check_files(paths: Sequence[str], *, what: str, hint: str = "", num_workers:
     return Counter(info for _, info in results)  # type: ignore[misc]
 
 
-class FileTriplets(Dataset):
+class FileTriplets:
     """Element ``i``: dict slot -> uint8 (3, H, W), the files of item ``i`` loaded and resized for ``inputs``."""
 
     def __init__(self, paths: Sequence[Sequence[str]], slots: Sequence[str], inputs: InputConvention,
@@ -167,7 +169,7 @@ class FileTriplets(Dataset):
         return out
 
 
-class FileImages(Dataset):
+class FileImages:
     """Element ``i``: the file ``paths[i]`` loaded as RGB and resized for ``inputs``, uint8 (3, H, W)."""
 
     def __init__(self, paths: Sequence[str], inputs: InputConvention) -> None:

@@ -39,11 +39,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import Dataset
 
 from percepbench.errors import DataError, UsageError
 from percepbench.results import ALL
@@ -51,6 +50,9 @@ from percepbench.specs import InputConvention
 from percepbench.stats import bootstrap_ci, paired_comparison
 from percepbench.tasks.base import Task
 from percepbench.tasks.files import FileImages, check_files, listed, split_list
+
+if TYPE_CHECKING:  # torch loads when the runner reads a dataset, so `percepbench list` stays light
+    from torch.utils.data import Dataset
 
 #: the measure families, in report order
 FAMILIES = ("recall", "precision", "map")

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from percepbench.images import apply_convention, tensor_to_pil
@@ -37,6 +35,10 @@ from percepbench.specs import InputConvention, TaskSpec
 from percepbench.tasks.base import TwoAFCTask
 from percepbench.tasks.distortions import FAMILIES, MAX_SHIFT, crop_offset, draw_params
 from percepbench.tasks.files import split_list
+
+if TYPE_CHECKING:  # torch loads when the triplets are generated, so `percepbench list` stays light
+    import torch
+    from torch.utils.data import Dataset
 
 #: (package, file) of the bundled colour photographs used as sources
 PHOTOS: tuple[tuple[str, str], ...] = (
@@ -131,7 +133,7 @@ def make_triplet(seed: int, family_index: int, k: int, size: int) -> tuple[np.nd
     return stack, row
 
 
-class _Generator(Dataset):
+class _Generator:
     def __init__(self, seed: int, families: list[int], per_family: int, size: int) -> None:
         self.keys = [(f, k) for f in families for k in range(per_family)]
         self.seed, self.size = seed, size
@@ -142,10 +144,12 @@ class _Generator(Dataset):
     def __getitem__(self, i: int):
         f, k = self.keys[i]
         stack, row = make_triplet(self.seed, f, k, self.size)
+        import torch
+
         return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous(), row
 
 
-class InMemoryItems(Dataset):
+class InMemoryItems:
     """Element ``i``: dict slot -> uint8 (3, H, W) from ``images[i]`` (N, slots, 3, H, W), resized for ``inputs``
     when the metric has a fixed size other than the images'."""
 
@@ -168,6 +172,8 @@ class InMemoryItems(Dataset):
 
 
 def _collate_rows(batch):
+    import torch
+
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
@@ -194,6 +200,9 @@ class Severity2AFC(TwoAFCTask):
 
     def prepare(self, *, data_root: str | None = None, num_workers: int = 0, progress: bool = True,
                 seed: int = 0) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
         seed = self.seed if self.seed is not None else seed
         names = list(FAMILIES)
         gen = _Generator(seed, [names.index(f) for f in self.families], self.per_family, self.size)

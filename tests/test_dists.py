@@ -66,7 +66,7 @@ def test_spec(torchmetrics_uses):
     spec = METRICS.get("dists")
     assert dict(spec.kwargs) == {"resize": None}
     trunk, alpha_beta = spec.weights
-    assert trunk == dm.TRUNK_WEIGHTS["vgg"] and trunk.cache == "torch_hub"
+    assert trunk == dm.VGG16_WEIGHTS and trunk.cache == "torch_hub"
     assert alpha_beta == dm.ALPHA_BETA_WEIGHTS and alpha_beta.cache == "package"
     assert alpha_beta.package == "torchmetrics"
     assert spec.inputs.min_size == 16 and alpha_beta.sha256 in spec.reference

@@ -140,6 +140,30 @@ def test_weights_path_answers_without_importing_torch(tmp_path):
     assert res.stdout.strip() == f"{oracle}/percepbench"
 
 
+@pytest.mark.parametrize("argv, code, expected", [
+    (["list"], 0, "lpips.alex"),
+    (["list", "metrics"], 0, "dreamsim.ensemble"),
+    (["list", "tasks"], 0, "nights"),
+    (["run", "-m", "psnrr", "-t", "nights"], 2, "did you mean 'psnr'"),
+    (["run", "-m", "psnr", "-t", "nigths"], 2, "did you mean 'nights'"),
+    (["run", "-m", "psnr", "--metric-args", "ssimm:sigma=2"], 2, "did you mean 'ssim'"),
+])
+def test_list_and_name_errors_do_not_import_torch(tmp_path, argv, code, expected):
+    """Every spec is readable without torch: `list` and misspelt names answer without loading it (or
+    torchmetrics, piq or any network)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from percepbench.cli import main; rc = main(sys.argv[1:]); "
+              "heavy = [m for m in ('torch', 'torchmetrics', 'torchvision', 'piq', 'timm', 'lpips') if m in sys.modules]; "
+              "assert not heavy, f'imported {heavy}'; raise SystemExit(rc)")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PERCEPBENCH_DATA": str(tmp_path / "data")}
+    res = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                         check=False, timeout=120)
+    assert res.returncode == code, res.stderr
+    assert expected in res.stdout + res.stderr
+
+
 def test_threads_option(tmp_path, clean_env, capsys):
     before = torch.get_num_threads()
     try:
@@ -220,6 +244,46 @@ def test_resize_lets_native_size_metrics_run_on_mixed_sizes(tmp_path, clean_env,
     assert res.meta["protocol"][0]["resize"] == "32x32 bicubic (--resize)"
     code, _, err = cli(capsys, *args, "--resize", "32x16", "-o", str(tmp_path / "bad"))
     assert code == 2 and "square size" in err
+
+
+def test_resize_per_metric_and_per_task(tmp_path, clean_env, capsys, register_temp):
+    """``--resize NAME=SIZE``: the metric's entry wins over the task's, which wins over the run-wide size; each
+    pair's protocol says which setting sized it. Distances of flat images are size-independent, so the
+    hand-computed values hold whatever the size."""
+    from layouts import make_csv_table, write_png
+
+    register_temp(MetricSpec(name="toy-meanabs", target="helpers_metrics:MeanAbs", description="x"))
+    register_temp(MetricSpec(name="toy-flipped", target="helpers_metrics:Flipped", description="x"))
+    csv = make_csv_table(tmp_path / "t.csv", [{"ref": "r.png", "left": "a.png", "right": "b.png", "p": 0.0}],
+                         images={"r.png": 100, "a.png": 110})
+    write_png(tmp_path / "b.png", 150, 24)
+    args = ["run", "-m", "toy-meanabs,toy-flipped", "-t", "2afc_csv", "--task-args", f"2afc_csv:path={csv}",
+            "-q", "--n-boot", "10"]
+    code, _, err = cli(capsys, *args, "--resize", "16", "--resize", "toy-meanabs=32", "--resize",
+                       "task:2afc_csv=24", "-o", str(tmp_path / "run"))
+    assert code == 0, err
+    res = load_results(tmp_path / "run")
+    protocol = {p["metric"]: p["resize"] for p in res.meta["protocol"]}
+    assert protocol == {"toy-meanabs": "32x32 bicubic (--resize metric:toy-meanabs)",
+                        "toy-flipped": "24x24 bicubic (--resize task:2afc_csv)"}
+    assert res.meta["config"]["resize"] == 16
+    assert res.meta["config"]["resize_for"] == {"metric:toy-meanabs": 32, "task:2afc_csv": 24}
+    meanabs = res.samples[res.samples["metric"] == "toy-meanabs"].iloc[0]
+    assert meanabs["d0"] == pytest.approx(10 / 255) and meanabs["d1"] == pytest.approx(50 / 255)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("toy-meanabz=32", "did you mean 'toy-meanabs'"),
+    ("dreamsim=256", "fixed input size"),
+    ("metric:dists=0", "at least 8"),
+    ("model:psnr=64", "prefix must be metric: or task:"),
+])
+def test_resize_entries_are_checked_before_anything_runs(tmp_path, clean_env, capsys, register_temp, value, message):
+    register_temp(MetricSpec(name="toy-meanabs", target="helpers_metrics:MeanAbs", description="x"))
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "run", "-m", "toy-meanabs", "--resize", value, "-o", str(out), "-q")
+    assert code == 2 and message in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("problem", ["fifo", "huge"])

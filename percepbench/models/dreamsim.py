@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,86 +28,18 @@ from torch import nn
 
 from percepbench.errors import WeightsError
 from percepbench.images import to_rgb
-from percepbench.models.vit import BACKBONES, IMAGE_SIZE, Backbone, Feature, read_checkpoint
-from percepbench.specs import InputConvention
-
-RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One official ``dreamsim_type`` (with ``use_patch_model``)."""
-
-    name: str
-    backbones: tuple[str, ...]
-    feature: tuple[Feature, ...]
-    lora_dir: str
-    zip_url: str
-
-    @property
-    def is_patch(self) -> bool:
-        return "cls_patch" in self.feature
-
-    @property
-    def embed_dim(self) -> int:
-        return sum(BACKBONES[b].proj_dim or BACKBONES[b].width for b in self.backbones)
-
-    @property
-    def inputs(self) -> InputConvention:
-        """This variant's preprocessing (the metric spec records it): images resized to 224x224 bicubic
-        (the official ``preprocess``: PIL bicubic on files), values in [0, 1], and inside the model each
-        backbone's own mean/std (from its :class:`~percepbench.models.vit.BackboneConfig`), in branch order.
-        """
-        return InputConvention(size=IMAGE_SIZE, interpolation="bicubic",
-                               normalization=tuple(BACKBONES[b].normalization for b in self.backbones))
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("ensemble", ("dino_vitb16", "clip_vitb16", "open_clip_vitb16"), ("cls", "embedding", "embedding"),
-            "ensemble_lora", f"{RELEASES}/v0.2.0-checkpoints/dreamsim_ensemble_checkpoint.zip"),
-    Variant("dino_vitb16", ("dino_vitb16",), ("cls",), "dino_vitb16_single_lora",
-            f"{RELEASES}/v0.2.0-checkpoints/dreamsim_dino_vitb16_checkpoint.zip"),
-    Variant("clip_vitb32", ("clip_vitb32",), ("embedding",), "clip_vitb32_single_lora",
-            f"{RELEASES}/v0.2.0-checkpoints/dreamsim_clip_vitb32_checkpoint.zip"),
-    Variant("open_clip_vitb32", ("open_clip_vitb32",), ("embedding",), "open_clip_vitb32_single_lora",
-            f"{RELEASES}/v0.2.0-checkpoints/dreamsim_open_clip_vitb32_checkpoint.zip"),
-    Variant("dinov2_vitb14", ("dinov2_vitb14",), ("cls",), "dinov2_vitb14_single_lora",
-            f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dinov2_vitb14_checkpoint.zip"),
-    Variant("synclr_vitb16", ("synclr_vitb16",), ("cls",), "synclr_vitb16_single_lora",
-            f"{RELEASES}/v0.2.1-checkpoints/dreamsim_synclr_vitb16_checkpoint.zip"),
-    Variant("dino_vitb16_patch", ("dino_vitb16",), ("cls_patch",), "dino_vitb16_patch_lora",
-            f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dino_vitb16_patch_checkpoint.zip"),
-    Variant("dinov2_vitb14_patch", ("dinov2_vitb14",), ("cls_patch",), "dinov2_vitb14_patch_lora",
-            f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dinov2_vitb14_patch_checkpoint.zip"),
-)}
-
-
-#: the release zip that carries each backbone whose weights do not come from torch hub
-BACKBONE_ZIPS = {"clip_vitb16": "ensemble", "open_clip_vitb16": "ensemble", "clip_vitb32": "clip_vitb32",
-                 "open_clip_vitb32": "open_clip_vitb32", "synclr_vitb16": "synclr_vitb16"}
-
-
-def zero_shot_variant(backbone: str, feature: Feature | None = None) -> Variant:
-    """A single backbone without LoRA, as the DreamSim paper's zero-shot baselines: CLS for DINO/DINOv2/
-    SynCLR, the projected CLS embedding for CLIP/OpenCLIP (``feature`` overrides)."""
-    cfg = BACKBONES[backbone]
-    feature = feature or ("embedding" if cfg.proj_dim else "cls")
-    if feature not in cfg.features:
-        raise ValueError(f"{backbone} has no {feature!r} feature; choose one of {cfg.features}")
-    zip_variant = BACKBONE_ZIPS.get(backbone)
-    return Variant(f"zero_shot_{backbone}", (backbone,), (feature,), lora_dir="",
-                   zip_url=VARIANTS[zip_variant].zip_url if zip_variant else "")
-
-
-def variant_name(dreamsim_type: str = "ensemble", use_patch_model: bool = False) -> str:
-    name = f"{dreamsim_type}_patch" if use_patch_model else dreamsim_type
-    if name not in VARIANTS:
-        if use_patch_model and dreamsim_type in VARIANTS:
-            raise ValueError(f"no patch model for dreamsim_type {dreamsim_type!r}; "
-                             "use_patch_model=True exists for dino_vitb16 and dinov2_vitb14")
-        raise ValueError(f"unknown dreamsim_type {dreamsim_type!r}; choose one of "
-                         f"{', '.join(n for n in VARIANTS if not n.endswith('_patch'))}")
-    return name
+from percepbench.models.configs import (  # noqa: F401  (re-exported: the model's public names)
+    BACKBONE_ZIPS,
+    BACKBONES,
+    IMAGE_SIZE,
+    RELEASES,
+    VARIANTS,
+    Feature,
+    Variant,
+    variant_name,
+    zero_shot_variant,
+)
+from percepbench.models.vit import Backbone, read_checkpoint
 
 
 def normalize_embedding(embed: torch.Tensor) -> torch.Tensor:

@@ -52,111 +52,20 @@ Features (all from the output of block 11):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from percepbench.specs import IMAGENET, OPENAI_CLIP, Normalization
-
-#: input side of every backbone (position grids are 224 / patch)
-IMAGE_SIZE = 224
-
-Feature = Literal["cls", "embedding", "cls_patch"]
-CheckpointFormat = Literal["dino_hub", "dinov2_hub", "dino_style", "synclr", "open_clip", "timm"]
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Architecture and checkpoint facts of one backbone."""
-
-    name: str
-    patch_size: int
-    act: Literal["gelu", "quick_gelu"]
-    ln_eps: float
-    ln_pre: bool
-    layer_scale: bool
-    normalization: Normalization  # applied inside, on [0, 1] input (see percepbench.specs)
-    checkpoint: str  # path of the weights file inside the (official-layout) cache dir
-    checkpoint_format: CheckpointFormat
-    checkpoint_url: str | None = None  # direct URL (torch-hub files); None: comes inside a DreamSim zip
-    checkpoint_grid: int | None = None  # position grid stored in the checkpoint, when not 224 / patch
-    proj_dim: int | None = None  # CLIP projection width ('embedding' feature)
-    width: int = 768
-    depth: int = 12
-    heads: int = 12
-    patch_bias: bool = True  # DreamSim's DINO-style CLIP files carry one; OpenAI/OpenCLIP originals have none
-
-    @property
-    def grid(self) -> int:
-        return IMAGE_SIZE // self.patch_size
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        """``normalization.mean``."""
-        return self.normalization.mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        """``normalization.std``."""
-        return self.normalization.std
-
-    @property
-    def features(self) -> tuple[Feature, ...]:
-        return ("embedding",) if self.proj_dim else ("cls", "cls_patch")
-
-
-_FB = "https://dl.fbaipublicfiles.com"
-_HF = "https://huggingface.co"
-
-
-def _timm_hub(repo: str, filename: str, fmt: CheckpointFormat) -> dict[str, str]:
-    """Checkpoint fields for a file of a timm Hugging Face repo: cached as ``timm/<repo>/<filename>``,
-    fetched from the repo's ``main`` branch (no revision is pinned: none is published for these files)."""
-    return {"checkpoint": f"timm/{repo}/{filename}", "checkpoint_format": fmt,
-            "checkpoint_url": f"{_HF}/timm/{repo}/resolve/main/{filename}"}
-
-
-BACKBONES: dict[str, BackboneConfig] = {c.name: c for c in (
-    BackboneConfig("dino_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
-                   "checkpoints/dino_vitbase16_pretrain.pth", "dino_hub",
-                   f"{_FB}/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    BackboneConfig("dino_vits8", 8, "gelu", 1e-6, False, False, IMAGENET,
-                   "checkpoints/dino_deitsmall8_pretrain.pth", "dino_hub",
-                   f"{_FB}/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth", width=384, heads=6),
-    BackboneConfig("dino_vits16", 16, "gelu", 1e-6, False, False, IMAGENET,
-                   "checkpoints/dino_deitsmall16_pretrain.pth", "dino_hub",
-                   f"{_FB}/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth", width=384, heads=6),
-    BackboneConfig("dino_vitb8", 8, "gelu", 1e-6, False, False, IMAGENET,
-                   "checkpoints/dino_vitbase8_pretrain.pth", "dino_hub",
-                   f"{_FB}/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
-    BackboneConfig("dinov2_vitb14", 14, "gelu", 1e-6, False, True, IMAGENET,
-                   "checkpoints/dinov2_vitb14_pretrain.pth", "dinov2_hub",
-                   f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth", checkpoint_grid=37),
-    BackboneConfig("synclr_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
-                   "synclr_vit_b_16.pth", "synclr"),
-    BackboneConfig("clip_vitb16", 16, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
-                   "clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("clip_vitb32", 32, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
-                   "clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("open_clip_vitb16", 16, "gelu", 1e-5, True, False, OPENAI_CLIP,
-                   "open_clip_vitb16_pretrain.pth.tar", "dino_style", proj_dim=512),
-    BackboneConfig("open_clip_vitb32", 32, "gelu", 1e-5, True, False, OPENAI_CLIP,
-                   "open_clip_vitb32_pretrain.pth.tar", "dino_style", proj_dim=512),
-    # Not in any DreamSim release: the original weights, as safetensors from timm's Hugging Face repos.
-    BackboneConfig("clip_vitl14", 14, "quick_gelu", 1e-5, True, False, OPENAI_CLIP,
-                   **_timm_hub("vit_large_patch14_clip_224.openai", "open_clip_model.safetensors", "open_clip"),
-                   proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
-    BackboneConfig("open_clip_vitl14", 14, "gelu", 1e-5, True, False, OPENAI_CLIP,
-                   **_timm_hub("vit_large_patch14_clip_224.laion400m_e31", "open_clip_model.safetensors",
-                               "open_clip"),
-                   proj_dim=768, width=1024, depth=24, heads=16, patch_bias=False),
-    BackboneConfig("mae_vitb16", 16, "gelu", 1e-6, False, False, IMAGENET,
-                   **_timm_hub("vit_base_patch16_224.mae", "model.safetensors", "timm")),
-)}
+from percepbench.models.configs import (  # noqa: F401  (re-exported: the backbones' public names)
+    BACKBONES,
+    IMAGE_SIZE,
+    BackboneConfig,
+    CheckpointFormat,
+    Feature,
+)
 
 
 def build_vit(cfg: BackboneConfig) -> nn.Module:
