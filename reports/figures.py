@@ -11,7 +11,8 @@ replaced by ``_``):
 - ``scores_<task>``: the task's measure per metric as horizontal bars with the records' 95% CI
   (``ci_low``/``ci_high``) as whiskers, best first, one panel per subset (pooled ``all`` first). Known
   reference values (:data:`REFERENCES`) are drawn on the pooled panel: human ceilings as a dashed line,
-  published per-metric values as a black diamond on that metric's bar. A task with several measures gets
+  published per-metric values as a black marker on that metric's bar, one shape per source (quality-score
+  sets: piq's table as a diamond, pyiqa's as a triangle). A task with several measures gets
   ``scores_<task>_<measure>``.
 - ``agreement_<task>``: fraction of items on which two metrics make the same choice (2AFC: the sign of
   ``d1 - d0``, an exact tie being its own choice; odd-one-out: the odd image, i.e. the one left out of
@@ -98,6 +99,8 @@ class Reference:
     metric: str | None = None
     measure: str = "2afc_accuracy"
     when: Mapping[str, Any] = field(default_factory=dict)
+    #: matplotlib marker of a per-metric value; one per source, so two sources' values on one bar stay apart
+    marker: str = "D"
 
     def applies(self, meta: Mapping[str, Any]) -> bool:
         args = ((meta.get("config") or {}).get("task_args") or {}).get(self.task) or {}
@@ -121,6 +124,29 @@ REFERENCES: tuple[Reference, ...] = (
               "THINGS odd-one-out noise ceiling as commonly quoted; not checked here", "unverified",
               measure="odd_one_out_accuracy"),
 )
+
+# Quality-score anchors (REFERENCE.md sections 6 and 9): published SRCC of the same metric on the same set,
+# pooled over the whole set. Numbers depend on the implementation (the two tables disagree for DISTS on
+# TID2013: .708 vs .81), so each is drawn with its source and only beside the metric that implements the same
+# definition (piq's PSNR/SSIM/MS-SSIM numbers beside piq.*; pyiqa's beside percepbench's psnr/ssim).
+_PIQ_TABLE = "piq README benchmark table (piq 0.8), SRCC"
+_PYIQA_TABLE = "pyiqa tests/FR_benchmark_results.csv (pyiqa 0.1.x), SRCC"
+_WHOLE_SET = {"types": None}  # a type filter changes the pooled set: the published values no longer apply
+_PIQ_SRCC = {  # metric -> (TID2013, KADID-10k, PIPAL)
+    "piq.psnr": (0.69, 0.68, 0.41), "piq.ssim": (0.72, 0.72, 0.50), "piq.ms_ssim": (0.80, 0.80, 0.55),
+    "lpips.vgg": (0.67, 0.72, 0.57), "dists": (0.81, 0.88, 0.62), "pieapp": (0.84, 0.87, 0.70),
+}
+_PYIQA_TID2013_SRCC = {"lpips.alex": 0.745, "lpips.vgg": 0.670, "dists": 0.708, "ssim": 0.627, "psnr": 0.687,
+                       "pieapp": 0.844}
+MOS_REFERENCES: tuple[Reference, ...] = (
+    *(Reference(task, values[i], "piq", _PIQ_TABLE, "published", metric, measure="srcc",
+                when={**_WHOLE_SET}, marker="D")
+      for metric, values in _PIQ_SRCC.items() for i, task in enumerate(("tid2013", "kadid10k", "pipal"))),
+    *(Reference("tid2013", value, "pyiqa", _PYIQA_TABLE, "published", metric, measure="srcc",
+                when={**_WHOLE_SET}, marker="^")
+      for metric, value in _PYIQA_TID2013_SRCC.items()),
+)
+REFERENCES = REFERENCES + MOS_REFERENCES
 #: aliases under which a run may name a metric of the table
 _METRIC_ALIASES = {"dreamsim": "dreamsim.ensemble"}
 
@@ -341,12 +367,16 @@ def score_figure(records: pd.DataFrame, task: str, *, palette: Mapping[str, Any]
             if ok.any():
                 ax.errorbar(values[ok], ypos[ok], xerr=np.vstack([lo_err[ok], hi_err[ok]]), fmt="none",
                             ecolor="0.15", elinewidth=1, capsize=2.5, label="95% CI")
-            marks = {_METRIC_ALIASES.get(r.metric, r.metric): r.value for r in refs
-                     if r.metric is not None and subset == pooled}
+            marks: dict[str, float] = {}
+            for r in refs:
+                if r.metric is not None and subset == pooled:
+                    key = _METRIC_ALIASES.get(r.metric, r.metric)
+                    marks[key] = max(marks.get(key, -np.inf), r.value)
             for name, y, v, h in zip(names, ypos, values, sub["ci_high"].to_numpy(float), strict=True):
                 if np.isfinite(v):
                     right = np.nanmax([v, h, marks.get(_METRIC_ALIASES.get(name, name), np.nan)])
-                    ax.text(right + 0.015 * span, y, f"{v:.1f}", va="center", fontsize=7)
+                    ax.text(right + 0.015 * span, y, f"{v:.1f}" if is_percent(measure) else f"{v:.3f}",
+                            va="center", fontsize=7)
             ax.set_yticks(ypos, [wrap_label(n, label_width) for n in names])
             ax.set_ylim(len(names) - 0.4, -0.6)  # best on top
             ax.set_xlim(x0, x1)
@@ -373,7 +403,7 @@ def _draw_references(ax, refs: list[Reference], names: list[str], ypos: np.ndarr
                        label=f"{ref.label}: {ref.value:g}")
         elif ref.metric in resolved:
             label = f"{ref.label} ({ref.source.split(' (')[0]})"
-            ax.plot([ref.value], [resolved[ref.metric]], marker="D", markersize=5, color="black",
+            ax.plot([ref.value], [resolved[ref.metric]], marker=ref.marker, markersize=5, color="black",
                     linestyle="none", label=None if label in labelled else label, zorder=5)
             labelled.add(label)
 

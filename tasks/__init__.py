@@ -9,14 +9,20 @@ from percepbench.tasks import (  # noqa: F401  (registers their specs)
     attributes,
     bapps,
     coco,
+    csiq,
     csv_tasks,
     imagenet_r,
     jnd,
+    kadid10k,
+    live,
     mos,
     nights,
+    pieapp,
+    pipal,
     retrieval_user,
     severity,
     things,
+    tid2013,
 )
 from percepbench.tasks.base import Task, TwoAFCTask, score_2afc
 from percepbench.tasks.jnd import JNDTask, jnd_average_precision

@@ -411,3 +411,423 @@ def make_coco(folder: str | Path, images: Sequence[CocoImage], categories: Mappi
     """Write ``coco_files(images, categories, **options)`` to ``folder`` (the ``coco`` folder, which
     ``coco_retrieval:root=`` names; under a data root ``<data root>/coco``); returns ``folder``."""
     return write_files(folder, coco_files(images, categories, **options))
+
+
+# ------------------------------------------------------------------ MOS datasets (TID2013, KADID-10k, PIPAL)
+
+
+@dataclass(frozen=True)
+class MOSImage:
+    """One distorted image of a MOS dataset and its human ``score``.
+
+    ``ref``, ``type`` and ``level`` are the numbers its official file name carries. Pixels: the reference is
+    grey ``mos_reference_grey(ref)`` with seeded noise of amplitude 12; the distorted image is that grey plus
+    ``offset``, with seeded uniform noise of amplitude ``noise`` (seeds from the numbers, so every image
+    differs). ``label`` replaces the name written in the label file, ``file`` the name on disk (default: both
+    the official name); ``missing`` leaves the distorted file out.
+    """
+
+    ref: int
+    type: int
+    level: int
+    score: float
+    offset: int = 10
+    noise: int = 0
+    label: str | None = None
+    file: str | None = None
+    missing: bool = False
+
+
+def mos_reference_grey(ref: int) -> int:
+    """The grey level of reference image ``ref`` in the MOS layouts."""
+    return 40 + 9 * ref
+
+
+def mos_image_bytes(name: str, value: int, size: int, *, noise: int = 0, seed: int = 0) -> bytes:
+    """A grey image with seeded uniform noise (as :func:`png_bytes`), saved as BMP when ``name`` ends in
+    ``.bmp`` (any case), else as PNG."""
+    if Path(name).suffix.lower() != ".bmp":
+        return png_bytes(value, size, noise=noise, seed=seed)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(value, size, noise=noise, seed=seed))).convert("RGB").save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def _mos_pixels(image: MOSImage, name: str, size: int) -> bytes:
+    seed = 1000 * image.ref + 10 * image.type + image.level
+    return mos_image_bytes(name, mos_reference_grey(image.ref) + image.offset, size, noise=image.noise, seed=seed)
+
+
+def _mos_reference(ref: int, name: str, size: int) -> bytes:
+    return mos_image_bytes(name, mos_reference_grey(ref), size, noise=12, seed=ref)
+
+
+def tid2013_name(image: MOSImage) -> str:
+    """The official name of a TID2013 distorted image: ``i<RR>_<TT>_<L>.bmp``."""
+    return f"i{image.ref:02d}_{image.type:02d}_{image.level}.bmp"
+
+
+def tid2013_files(images: Sequence[MOSImage], *, size: int = 16, missing_refs: Sequence[int] = (),
+                  extra_lines: Sequence[str] = ()) -> dict[str, bytes]:
+    """The TID2013 folder's files: ``mos_with_names.txt`` (``<MOS> <name>`` a line, then ``extra_lines``),
+    ``distorted_images/<name>`` and ``reference_images/I<RR>.BMP`` for every reference used (``i25.bmp`` for
+    reference 25, as in the archive), except those in ``missing_refs``."""
+    files: dict[str, bytes] = {}
+    lines = []
+    for image in images:
+        label = image.label or tid2013_name(image)
+        lines.append(f"{image.score:g} {label}")
+        if not image.missing:
+            file = image.file or tid2013_name(image)
+            files[f"distorted_images/{file}"] = _mos_pixels(image, file, size)
+    for ref in sorted({i.ref for i in images} - set(missing_refs)):
+        name = "i25.bmp" if ref == 25 else f"I{ref:02d}.BMP"
+        files[f"reference_images/{name}"] = _mos_reference(ref, name, size)
+    files["mos_with_names.txt"] = ("\n".join([*lines, *extra_lines]) + "\n").encode()
+    return files
+
+
+def make_tid2013(folder: str | Path, images: Sequence[MOSImage], **options) -> Path:
+    """Write ``tid2013_files(images, **options)`` to ``folder`` (the ``tid2013`` folder); returns it."""
+    return write_files(folder, tid2013_files(images, **options))
+
+
+def kadid10k_name(image: MOSImage) -> str:
+    """The official name of a KADID-10k distorted image: ``I<RR>_<TT>_<LL>.png``."""
+    return f"I{image.ref:02d}_{image.type:02d}_{image.level:02d}.png"
+
+
+def kadid10k_files(images: Sequence[MOSImage], *, size: int = 16, prefix: str = "",
+                   missing_refs: Sequence[int] = (), rows: Sequence[Mapping[str, object]] = ()) -> dict[str, bytes]:
+    """The KADID-10k files: ``dmos.csv`` (``dist_img,ref_img,dmos,var``, one row per image, then ``rows``)
+    and ``images/`` holding the distorted images and the references ``I<RR>.png`` (except ``missing_refs``),
+    under ``prefix`` (``"kadid10k"``: the members of the official ``kadid10k.zip``)."""
+    files: dict[str, bytes] = {}
+    table = []
+    for image in images:
+        name = image.label or kadid10k_name(image)
+        table.append({"dist_img": name, "ref_img": f"I{image.ref:02d}.png", "dmos": image.score, "var": 0.5})
+        if not image.missing:
+            file = image.file or kadid10k_name(image)
+            files[_join(prefix, f"images/{file}")] = _mos_pixels(image, file, size)
+    for ref in sorted({i.ref for i in images} - set(missing_refs)):
+        files[_join(prefix, f"images/I{ref:02d}.png")] = _mos_reference(ref, "ref.png", size)
+    frame = pd.DataFrame([*table, *rows], columns=["dist_img", "ref_img", "dmos", "var"])
+    files[_join(prefix, "dmos.csv")] = frame.to_csv(index=False).encode()
+    return files
+
+
+def make_kadid10k(folder: str | Path, images: Sequence[MOSImage], **options) -> Path:
+    """Write ``kadid10k_files(images, **options)`` to ``folder`` (the ``kadid10k`` folder); returns it."""
+    return write_files(folder, kadid10k_files(images, **options))
+
+
+def pipal_name(image: MOSImage) -> str:
+    """A PIPAL distorted image's name: ``A<RRRR>_<TT>_<LL>.bmp``."""
+    return f"A{image.ref:04d}_{image.type:02d}_{image.level:02d}.bmp"
+
+
+def pipal_files(images: Sequence[MOSImage], *, size: int = 16, dist_dir: str = "Train_Dis",
+                missing_refs: Sequence[int] = (), extra_lines: Mapping[int, Sequence[str]] | None = None
+                ) -> dict[str, bytes]:
+    """The PIPAL training part: ``Train_Label/A<RRRR>.txt`` per reference (``<name>,<Elo>`` a line, then
+    ``extra_lines[ref]``), ``Train_Ref/A<RRRR>.bmp`` (except ``missing_refs``) and the distorted images in
+    ``<dist_dir>/Distortion_<1 + type % 2>/`` (as the download splits them into Distortion_N folders)."""
+    files: dict[str, bytes] = {}
+    lines: dict[int, list[str]] = {}
+    for image in images:
+        name = image.label or pipal_name(image)
+        lines.setdefault(image.ref, []).append(f"{name},{image.score:.4f}")
+        if not image.missing:
+            file = image.file or pipal_name(image)
+            files[f"{dist_dir}/Distortion_{1 + image.type % 2}/{file}"] = _mos_pixels(image, file, size)
+    for ref, extra in (extra_lines or {}).items():
+        lines.setdefault(ref, []).extend(extra)
+    for ref in sorted({i.ref for i in images} - set(missing_refs)):
+        files[f"Train_Ref/A{ref:04d}.bmp"] = _mos_reference(ref, "ref.bmp", size)
+    for ref, text in lines.items():
+        files[f"Train_Label/A{ref:04d}.txt"] = ("\n".join(text) + "\n").encode()
+    return files
+
+
+def make_pipal(folder: str | Path, images: Sequence[MOSImage], **options) -> Path:
+    """Write ``pipal_files(images, **options)`` to ``folder`` (the ``pipal`` folder); returns it."""
+    return write_files(folder, pipal_files(images, **options))
+
+
+def random_mos_images(refs: Sequence[int], types: Sequence[int], levels: Sequence[int], *, seed: int = 0,
+                      lo: float = 1.0, hi: float = 5.0) -> list[MOSImage]:
+    """One image per (reference, type, level): distortion grows with the level (offset 6 x level, noise 4 x
+    level x type-dependent factor), and the score falls with it from ``hi`` towards ``lo`` with seeded jitter,
+    so that rank correlations are high but not perfect."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ref in refs:
+        for t in types:
+            for level in levels:
+                harm = level * (1 + (t % 3)) + rng.uniform(0, 2)
+                score = float(np.clip(hi - (hi - lo) * harm / (max(levels) * 4 + 2) + rng.normal(0, 0.2), lo, hi))
+                out.append(MOSImage(ref, t, level, round(score, 4), offset=int(6 * level + rng.integers(0, 5)),
+                                    noise=int(4 * level * (1 + t % 2) + rng.integers(0, 4))))
+    return out
+
+
+# --------------------------------------------------------------- MOS sets: CSIQ, LIVE release 2, PieAPP
+# CSIQ: ``csiq/src_imgs/<image>.png``, ``csiq/dst_imgs/<folder>/<image>.<TOKEN>.<level>.png`` and
+# ``csiq/csiq.DMOS.xlsx`` (sheet ``all_by_image``, header in row 4 from column D: image, dst_idx, dst_type,
+# dst_lev, dmos_std, dmos) or its CSV export. LIVE: ``live/refimgs/<name>.bmp``, ``live/<folder>/img<k>.bmp``,
+# ``live/dmos.mat`` (dmos, orgs: 982 entries), ``live/refnames_all.mat`` (refnames_all: 982 names),
+# ``live/dmos_realigned.mat`` (dmos_new, orgs). PieAPP: ``pieapp/reference_images/<split>/ref_<n>.png``,
+# ``pieapp/distorted_images/<split>/ref_<n>/<name>.png``, ``pieapp/labels/<split>/ref_<n>_pairwise_labels.csv``,
+# ``pieapp/labels/test/ref_<n>_per_image_score.csv``. Images may be given as a colour, a uint8 array
+# (H, W, 3) or encoded bytes.
+
+ImageSpec = int | tuple[int, int, int] | np.ndarray | bytes
+
+
+def textured(seed: int, size: int = 16, *, base: np.ndarray | None = None, noise: int = 0,
+             noise_seed: int = 0) -> np.ndarray:
+    """A uint8 (size, size, 3) image: seeded uniform texture in [64, 192) (or ``base``), plus uniform integer
+    noise in [-noise, noise] from ``noise_seed``, clipped to [0, 255]."""
+    img = (np.random.default_rng(seed).integers(64, 192, (size, size, 3)) if base is None
+           else np.asarray(base, dtype=np.int64))
+    if noise:
+        img = img + np.random.default_rng(noise_seed).integers(-noise, noise + 1, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode_image(value: ImageSpec, size: int = 16, fmt: str = "PNG") -> bytes:
+    """``value`` as image file bytes in ``fmt`` (``PNG``, ``BMP``); bytes are returned as they are."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        rgb = (value,) * 3 if isinstance(value, int) else tuple(value)
+        arr = np.broadcast_to(np.array(rgb, dtype=np.uint8), (size, size, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _xlsx_col(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+def xlsx_bytes(sheets: Mapping[str, Sequence[Sequence[object]]]) -> bytes:
+    """A minimal .xlsx workbook as spreadsheet programs write it: text in shared strings (``t="s"``), numbers
+    as plain ``<v>`` cells, None as no cell; ``sheets`` maps a sheet name to its rows (row 1 first)."""
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    shared: list[str] = []
+    sheet_xml = []
+    for rows in sheets.values():
+        out = []
+        for r, row in enumerate(rows, start=1):
+            cells = []
+            for c, value in enumerate(row):
+                ref = f"{_xlsx_col(c)}{r}"
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    if value not in shared:
+                        shared.append(value)
+                    cells.append(f'<c r="{ref}" t="s"><v>{shared.index(value)}</v></c>')
+                else:
+                    cells.append(f'<c r="{ref}"><v>{value!r}</v></c>')
+            out.append(f'<row r="{r}">{"".join(cells)}</row>')
+        sheet_xml.append('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+                         '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                         f'<sheetData>{"".join(out)}</sheetData></worksheet>')
+    main_ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    rel_ns = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    book = (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><workbook xmlns="{main_ns}" '
+            f'xmlns:r="{rel_ns}"><sheets>'
+            + "".join(f'<sheet name="{escape(name)}" sheetId="{i + 1}" r:id="rId{i + 1}"/>'
+                      for i, name in enumerate(sheets))
+            + "</sheets></workbook>")
+    rels = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships '
+            'xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            + "".join(f'<Relationship Id="rId{i + 1}" Type="{rel_ns}/worksheet" '
+                      f'Target="worksheets/sheet{i + 1}.xml"/>' for i in range(len(sheets)))
+            + f'<Relationship Id="rId{len(sheets) + 1}" Type="{rel_ns}/sharedStrings" '
+              'Target="sharedStrings.xml"/></Relationships>')
+    strings = (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><sst xmlns="{main_ns}" '
+               f'count="{len(shared)}" uniqueCount="{len(shared)}">'
+               + "".join(f"<si><t>{escape(s)}</t></si>" for s in shared) + "</sst>")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", '<?xml version="1.0" encoding="UTF-8"?><Types '
+                    'xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>')
+        zf.writestr("xl/workbook.xml", book)
+        zf.writestr("xl/_rels/workbook.xml.rels", rels)
+        zf.writestr("xl/sharedStrings.xml", strings)
+        for i, xml in enumerate(sheet_xml):
+            zf.writestr(f"xl/worksheets/sheet{i + 1}.xml", xml)
+    return buf.getvalue()
+
+
+#: CSIQ dst_type -> (dst_idx, folder under dst_imgs, token in the file name)
+CSIQ_TYPES = {"noise": (1, "awgn", "AWGN"), "jpeg": (2, "jpeg", "JPEG"), "jpeg 2000": (3, "jpeg2000", "jpeg2000"),
+              "fnoise": (4, "fnoise", "fnoise"), "blur": (5, "blur", "BLUR"), "contrast": (6, "contrast", "contrast")}
+CSIQ_HEADER = ("image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos")
+
+
+@dataclass
+class CsiqImage:
+    """One rated CSIQ image: ``image`` (reference name; an int such as 1600 is written as a number cell)."""
+
+    image: str | int
+    dst_type: str
+    level: int
+    dmos: object
+    dist: ImageSpec = 0
+    missing: tuple[str, ...] = ()  # "dist" to leave the distorted file out
+
+    def file(self) -> str:
+        _, folder, token = CSIQ_TYPES.get(self.dst_type, (0, self.dst_type, self.dst_type))
+        return f"dst_imgs/{folder}/{self.image}.{token}.{self.level}.png"
+
+
+def csiq_label_rows(images: Sequence[CsiqImage]) -> list[list[object]]:
+    """The sheet ``all_by_image``: three title rows, the header in row 4 from column D, one row per image."""
+    rows: list[list[object]] = [["CSIQ DMOS by image"], [], [], [None, None, None, *CSIQ_HEADER]]
+    for im in images:
+        rows.append([None, None, None, im.image, CSIQ_TYPES.get(im.dst_type, (0,))[0], im.dst_type, im.level, 0.05, im.dmos])
+    return rows
+
+
+def csiq_files(images: Sequence[CsiqImage], refs: Mapping[str, ImageSpec], *, labels: str = "xlsx",
+               size: int = 16, unrated: Mapping[str, ImageSpec] | None = None) -> dict[str, bytes]:
+    """The csiq folder's files: ``labels`` ``"xlsx"`` (csiq.DMOS.xlsx, with a second sheet before the right
+    one), ``"csv"`` (csiq.DMOS.csv, the sheet exported) or ``"none"``; ``unrated``: extra distorted files
+    (path under the csiq folder -> image) that no label row names, as in the official archive."""
+    files = {f"src_imgs/{name}.png": encode_image(v, size) for name, v in refs.items()}
+    for im in images:
+        if "dist" not in im.missing:
+            files[im.file()] = encode_image(im.dist, size)
+    for rel, v in (unrated or {}).items():
+        files[rel] = encode_image(v, size)
+    rows = csiq_label_rows(images)
+    if labels == "xlsx":
+        files["csiq.DMOS.xlsx"] = xlsx_bytes({"all_by_distortion": [["other"]], "all_by_image": rows})
+    elif labels == "csv":
+        files["csiq.DMOS.csv"] = "\n".join(",".join("" if c is None else str(c) for c in r) for r in rows
+                                           ).encode() + b"\n"
+    return files
+
+
+def make_csiq(folder: str | Path, images: Sequence[CsiqImage], refs: Mapping[str, ImageSpec], **options) -> Path:
+    """Write ``csiq_files(...)`` to ``folder`` (the csiq folder); returns it."""
+    return write_files(folder, csiq_files(images, refs, **options))
+
+
+LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
+
+
+@dataclass
+class LiveImage:
+    """One distorted LIVE entry (``orgs == 0``): ``folder``/``img<k>.bmp`` of reference ``ref``."""
+
+    folder: str
+    k: int
+    ref: str
+    dmos: float
+    dist: ImageSpec = 0
+    realigned: float | None = None  # dmos_new in dmos_realigned.mat (default: 100 - dmos)
+    missing: tuple[str, ...] = ()
+
+
+def live_files(images: Sequence[LiveImage], refs: Mapping[str, ImageSpec], *, size: int = 16,
+               copies: Mapping[tuple[str, int], str] | None = None, entries: int = 982) -> dict[str, bytes]:
+    """The live folder's files. Every one of the 982 entries not in ``images`` is a reference copy
+    (``orgs == 1``, DMOS 0) of ``copies.get((folder, k))`` or the first reference; only the ``images`` get
+    files. ``entries`` other than 982 writes arrays of that length (a damaged label file)."""
+    from scipy.io import savemat
+
+    order = [(f, k) for f, n in LIVE_FOLDERS for k in range(1, n + 1)]
+    by_key = {(im.folder, im.k): im for im in images}
+    first = next(iter(refs))
+    dmos, new, orgs = np.zeros(len(order)), np.zeros(len(order)), np.ones(len(order))
+    names = np.empty((1, len(order)), dtype=object)
+    for i, key in enumerate(order):
+        im = by_key.get(key)
+        names[0, i] = im.ref if im else (copies or {}).get(key, first)
+        if im:
+            dmos[i], orgs[i] = im.dmos, 0
+            new[i] = 100 - im.dmos if im.realigned is None else im.realigned
+    files = {f"refimgs/{name}": encode_image(v, size, "BMP") for name, v in refs.items()}
+    for im in images:
+        if "dist" not in im.missing:
+            files[f"{im.folder}/img{im.k}.bmp"] = encode_image(im.dist, size, "BMP")
+    cut = slice(0, entries)
+    for name, content in (("dmos.mat", {"dmos": dmos[None, cut], "orgs": orgs[None, cut]}),
+                          ("dmos_realigned.mat", {"dmos_new": new[None, cut], "orgs": orgs[None, cut]}),
+                          ("refnames_all.mat", {"refnames_all": names[:, cut]})):
+        buf = io.BytesIO()
+        savemat(buf, content)
+        files[name] = buf.getvalue()
+    return files
+
+
+def make_live(folder: str | Path, images: Sequence[LiveImage], refs: Mapping[str, ImageSpec], **options) -> Path:
+    """Write ``live_files(...)`` to ``folder`` (the live folder); returns it."""
+    return write_files(folder, live_files(images, refs, **options))
+
+
+@dataclass
+class PieappRef:
+    """One PieAPP reference ``ref_<n>`` of a split: its image, distorted images (name -> image), pairs
+    ``(A, B, probability that A is closer)`` and, for test, per-image scores (name -> score; the reference's
+    own name may appear, with score 0, as in the official files)."""
+
+    n: str
+    ref: ImageSpec
+    distorted: Mapping[str, ImageSpec]
+    pairs: Sequence[tuple] = ()
+    scores: Mapping[str, object] | None = None
+    missing: tuple[str, ...] = ()  # distorted names to leave out
+
+    @property
+    def stem(self) -> str:
+        return f"ref_{self.n}"
+
+
+PIEAPP_PAIR_HEADER = {"trainval": "ref. image, distorted image A, distorted image B, raw probability of preference "
+                                  "for A, processed probability of preference for A",
+                      "test": "ref. image, distorted image A, distorted image B, preference for A"}
+PIEAPP_SCORE_HEADER = "ref. image, distorted image, score for distorted image"
+
+
+def pieapp_files(splits: Mapping[str, Sequence[PieappRef]], *, size: int = 16) -> dict[str, bytes]:
+    """The pieapp folder's files for ``{split: [PieappRef, ...]}``; cells are written after ", " as in the
+    official CSVs. train/val rows hold the probability in columns 4 (raw) and 5 (processed); test in column 4."""
+    files: dict[str, bytes] = {}
+    for split, refs in splits.items():
+        for r in refs:
+            files[f"reference_images/{split}/{r.stem}.png"] = encode_image(r.ref, size)
+            for name, v in r.distorted.items():
+                if name not in r.missing:
+                    files[f"distorted_images/{split}/{r.stem}/{name}"] = encode_image(v, size)
+            head = PIEAPP_PAIR_HEADER["test" if split == "test" else "trainval"]
+            lines = [head]
+            for a, b, prob, *raw in r.pairs:  # (A, B, prob) or (A, B, processed prob, raw prob) for train/val
+                cells = ([f"{r.stem}.png", a, b, str(prob)] if split == "test"
+                         else [f"{r.stem}.png", a, b, str(raw[0] if raw else prob), str(prob)])
+                lines.append(", ".join(cells))
+            files[f"labels/{split}/{r.stem}_pairwise_labels.csv"] = ("\n".join(lines) + "\n").encode()
+            if r.scores is not None:
+                rows = [PIEAPP_SCORE_HEADER] + [f"{r.stem}.png, {name}, {score}" for name, score in r.scores.items()]
+                files[f"labels/{split}/{r.stem}_per_image_score.csv"] = ("\n".join(rows) + "\n").encode()
+    return files
+
+
+def make_pieapp(folder: str | Path, splits: Mapping[str, Sequence[PieappRef]], **options) -> Path:
+    """Write ``pieapp_files(...)`` to ``folder`` (the pieapp folder); returns it."""
+    return write_files(folder, pieapp_files(splits, **options))

@@ -23,6 +23,10 @@ MODULES_WITH_EXAMPLES = [
     "percepbench.tasks.retrieval",
     "percepbench.correlation",
     "percepbench.config",
+    "percepbench.metrics_registry.flip",
+    "percepbench.metrics_registry.stlpips",
+    "percepbench.metrics_registry.pieapp",
+    "percepbench.tasks.mos_files",
 ]
 
 

@@ -244,12 +244,13 @@ def test_builtin_dataset_sources_typos_and_globs():
     from percepbench.registry import DATASETS
 
     assert DATASETS.spec_type is DatasetSource and DATASETS.entry_point_group == "percepbench.datasets"
-    assert DATASETS.names() == ["bapps", "coco", "imagenet_r", "nights", "things"]
+    assert DATASETS.names() == ["bapps", "coco", "csiq", "imagenet_r", "kadid10k", "live", "nights", "pieapp", "pipal",
+                               "things", "tid2013"]
     assert all(DATASETS.source(n) == "builtin" for n in DATASETS.names())
     assert get_source(" NIGHTS ").name == "nights"  # case and spaces ignored, as before
     with pytest.raises(UnknownNameError, match=r"unknown dataset 'nigths'; did you mean 'nights'\?") as info:
         get_source("nigths")
-    assert "`percepbench data list` shows all 5" in str(info.value)
+    assert "`percepbench data list` shows all 11" in str(info.value)
     assert isinstance(info.value, UsageError)  # the CLI's exit code 2
     assert [s.name for s in DATASETS.select("b*,things")] == ["bapps", "things"]
     with pytest.raises(UnknownNameError, match="dataset pattern 'z\\*' matches nothing"):

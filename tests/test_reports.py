@@ -299,6 +299,35 @@ def test_reference_values_are_drawn(tmp_path):
     assert table[("nights", "dreamsim.ensemble")].status == "published"
 
 
+def test_quality_score_anchors_are_drawn_with_their_source(tmp_path):
+    """Published SRCC (REFERENCE.md: piq's README table and pyiqa's benchmark CSV) beside percepbench's srcc
+    bars: one marker shape per source, only on the pooled panel, and not when a type filter changed the set."""
+    rows = []
+    for metric, value in (("lpips.vgg", 0.7), ("psnr", 0.6), ("toy", 0.5)):
+        for subset in ("all", "01_additive_gaussian_noise"):
+            rows.append({"task": "tid2013", "subset": subset, "metric": metric, "measure": "srcc", "value": value,
+                         "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 30})
+    records = pd.DataFrame(rows)
+    meta = {"config": {"task_args": {}}}
+    fig = F.score_figure(records, "tid2013", palette=metric_palette(["lpips.vgg", "psnr", "toy"]), measure="srcc",
+                         meta=meta)
+    pooled = fig.axes[0]
+    assert pooled.get_title().startswith("all")
+    marks = sorted((line.get_marker(), float(line.get_xdata()[0])) for line in pooled.lines
+                   if line.get_marker() in ("D", "^"))
+    # lpips.vgg: piq .67 and pyiqa .670; psnr: pyiqa .687 (piq's PSNR value belongs to piq.psnr, not run here)
+    assert marks == [("D", 0.67), ("^", 0.67), ("^", 0.687)]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("piq (piq README") for t in labels) and any(t.startswith("pyiqa (pyiqa") for t in labels)
+    assert not any(line.get_marker() in ("D", "^") for ax in fig.axes[1:] for line in ax.lines)
+    assert "0.700" in [t.get_text() for t in pooled.texts]  # correlations are written with three decimals
+    filtered = {"config": {"task_args": {"tid2013": {"types": "1+2"}}}}
+    assert F.references_for("tid2013", "srcc", filtered) == []
+    assert {r.metric for r in F.references_for("kadid10k", "srcc", meta)} == {
+        "piq.psnr", "piq.ssim", "piq.ms_ssim", "lpips.vgg", "dists", "pieapp"}
+    assert F.references_for("tid2013", "krcc", meta) == []
+
+
 # --------------------------------------------------------------------------------------- agreement
 
 def tiny_2afc() -> pd.DataFrame:
