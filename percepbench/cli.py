@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list_parser(sub)
     _add_weights_parser(sub)
     _add_data_parser(sub)
+    from percepbench.train_cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -304,6 +307,10 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
             report["error"] = exc
 
     results = run(config, finish=build)
+    from percepbench.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 prints the results and its exit code is the run's
+        return EXIT_OK
     print(summary_table(results.records, random_weights=results.meta.get("random_weights") or ()))
     failed = results.meta.get("failed") or []
     for f in failed:
@@ -535,11 +542,17 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from percepbench.train_cli import cmd_train
+
+    return cmd_train(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit with 2
     handler = {"run": cmd_run, "analyze": cmd_analyze, "fetch": cmd_fetch, "report": cmd_report, "compare": cmd_compare, "list": cmd_list,
-               "weights": cmd_weights, "data": cmd_data}[args.command]
+               "weights": cmd_weights, "data": cmd_data, "train": _cmd_train}[args.command]
     try:
         return handler(args)
     except (UsageError, DataError) as exc:

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import percepbench
+from percepbench import distributed
 from percepbench.config import RunConfig, resize_for_pair
 from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
 from percepbench.errors import DataError, PercepbenchError, UsageError, WeightsError, user_message
@@ -373,7 +374,8 @@ def weight_hashes(spec: MetricSpec, metric: Any = None) -> list[dict[str, Any]]:
     recorded at download (None when neither exists). Files shipped in an installed package (LPIPS heads,
     DISTS alpha/beta) are listed too, with their path inside the package ("" when it is not installed)
     and ``url`` the package's page. With the built ``metric``: only the files it used
-    (``metric.weight_files_used``; ``pretrained=false`` uses none, or only the shipped ones)."""
+    (``metric.weight_files_used``; ``pretrained=false`` uses none, or only the shipped ones), plus the
+    files of ``metric.extra_weight_files`` (``{filename, path, url, sha256}``: a ``checkpoint=`` folder)."""
     from percepbench.download import recorded_sha256
     from percepbench.errors import WeightsError
     from percepbench.weights import weight_path
@@ -390,6 +392,8 @@ def weight_hashes(spec: MetricSpec, metric: Any = None) -> list[dict[str, Any]]:
             continue
         out.append({"filename": w.filename, "path": str(path), "url": w.url,
                     "sha256": w.sha256 or (recorded_sha256(path) if path.is_file() else None)})
+    # files the user pointed the metric at (a trained DreamSim checkpoint: adapter or head, with sha256)
+    out.extend(dict(f) for f in (getattr(metric, "extra_weight_files", None) or []))
     return out
 
 
@@ -435,19 +439,32 @@ def check_finite_distances(columns: dict[str, np.ndarray], items: pd.DataFrame, 
 
 
 def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig,
-                      device: torch.device, desc: str) -> dict[str, np.ndarray]:
-    """Per-item distance columns (``task.comparisons``) for one metric."""
+                      device: torch.device, desc: str) -> dict[str, np.ndarray] | None:
+    """Per-item distance columns (``task.comparisons``) for one metric.
+
+    Under ``torchrun`` each rank computes the items of its shard (:func:`percepbench.distributed.sharded`, by
+    item id) and rank 0 gets every column back in the order of ``task.items``; the other ranks get None.
+    """
     dataset = task.dataset(loaded_inputs(task, spec, config))
     workers = 0 if getattr(task, "in_memory", False) else resolve_num_workers(config.num_workers, device)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    columns: dict[str, list[torch.Tensor]] = {col: [] for col, _, _ in task.comparisons}
-    with torch.inference_mode(), precision_context(device, config.precision):
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
-            for col, a, b in task.comparisons:
-                d = metric.pairwise(batch[a].to(device, non_blocking=True), batch[b].to(device, non_blocking=True))
-                columns[col].append(d.detach().float().reshape(-1).cpu())
-    return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}
+    items = task.items.reset_index(drop=True)
+
+    def shard(positions: np.ndarray) -> tuple[dict[str, np.ndarray], None]:
+        part = dataset if len(positions) == len(dataset) else Subset(dataset, positions.tolist())
+        loader = DataLoader(part, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+        columns: dict[str, list[torch.Tensor]] = {col: [torch.empty(0)] for col, _, _ in task.comparisons}
+        with torch.inference_mode(), precision_context(device, config.precision):
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
+                for col, a, b in task.comparisons:
+                    d = metric.pairwise(batch[a].to(device, non_blocking=True),
+                                        batch[b].to(device, non_blocking=True))
+                    columns[col].append(d.detach().float().reshape(-1).cpu())
+        return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}, None
+
+    ids = [f"{s}/{i}" for s, i in zip(items["subset"].astype(str), items["item"].astype(str), strict=True)]
+    gathered = distributed.sharded(ids, shard, check=_weights_digest(metric), what="items")
+    return None if gathered is None else gathered[0]
 
 
 def loaded_inputs(task: Task, spec: MetricSpec, config: RunConfig) -> InputConvention:
@@ -470,6 +487,19 @@ def _resize_setting(task: Task, spec: MetricSpec, config: RunConfig) -> tuple[in
 
 def _embedding_path_usable(metric: DistanceMetric, task: Task, spec: MetricSpec) -> bool:
     return bool(getattr(metric, "embeds", False)) and spec.inputs.size is not None and task.image_paths() is not None
+
+
+def _weights_digest(metric: DistanceMetric) -> str:
+    """Under ``torchrun``: a digest of the metric's parameters and buffers (computed once per run), which every
+    rank must share; "" in a single process."""
+    if not distributed.active():
+        return ""
+    memo = getattr(metric, "_percepbench_state_sha", None)
+    if memo is None:
+        from percepbench.embed_cache import state_hash
+
+        memo = metric._percepbench_state_sha = state_hash([metric])
+    return memo
 
 
 def _cache_for(metric: DistanceMetric, spec: MetricSpec, config: RunConfig) -> Any:
@@ -552,21 +582,38 @@ def embed_files(metric: DistanceMetric, task: Task, spec: MetricSpec, config: Ru
 def compute_distances_from_embeddings(
     metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device, desc: str,
     *, file_hashes: dict[str, str],
-) -> tuple[dict[str, np.ndarray], EmbeddingStats]:
+) -> tuple[dict[str, np.ndarray], EmbeddingStats] | tuple[None, None]:
     """Per-item distance columns for an embedding metric on a file-based task.
 
     Each unique image file is embedded once (:func:`embed_files`: NIGHTS references, BAPPS patches shared
     across comparisons, through the on-disk cache), then every comparison is an ``embedding_distance``
     between rows of the embedding matrix. Returns the columns and counts for the protocol.
+
+    Under ``torchrun`` each rank embeds the unique images of its shard (:func:`percepbench.distributed.sharded`,
+    by path; each through the shared embedding cache) and rank 0 gathers the embeddings by path and
+    computes the distances; the other ranks return ``(None, None)``.
     """
     per_item = task.image_paths()
     unique = list(dict.fromkeys(p for row in per_item for p in row))
     index = {p: i for i, p in enumerate(unique)}
     slot_of = {slot: k for k, slot in enumerate(task.slots)}
-    store = EmbeddingMatrix(len(unique))
-    stats, _ = embed_files(metric, task, spec, config, device, desc, unique, store, file_hashes=file_hashes,
-                           image_references=sum(len(r) for r in per_item))
-    table = torch.from_numpy(np.asarray(store.finish())) if unique else torch.empty(0, 0)
+    references = sum(len(r) for r in per_item)
+
+    def shard(positions: np.ndarray) -> tuple[dict[str, np.ndarray], EmbeddingStats]:
+        part = EmbeddingMatrix(len(positions))
+        counts, _ = embed_files(metric, task, spec, config, device, desc, [unique[i] for i in positions], part,
+                                file_hashes=file_hashes, image_references=references)
+        return {"embedding": np.asarray(part.finish()) if len(positions) else np.zeros((0, 0), np.float32)}, counts
+
+    gathered = distributed.sharded(unique, shard, check=_weights_digest(metric), what="images")
+    if gathered is None:
+        return None, None
+    rows, counts = gathered
+    stats: EmbeddingStats = {**counts[0], "unique_images": len(unique)}
+    for key in ("from_cache", "embedded", "corrupt_entries_replaced"):
+        if key in stats:
+            stats[key] = sum(c.get(key, 0) for c in counts)  # type: ignore[literal-required]
+    table = torch.from_numpy(rows["embedding"]) if unique else torch.empty(0, 0)
     idx = torch.tensor([[index[p] for p in row] for row in per_item], dtype=torch.long).reshape(len(per_item), -1)
     columns: dict[str, np.ndarray] = {}
     with torch.inference_mode():
@@ -884,6 +931,12 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
     ``meta.failed`` (its task and metric, or :data:`PAIRED_COMPARISONS` as the metric) before it propagates.
     ``finish``, when given, is called with the finished results while the directory is still locked (the
     command line builds the report there); what it raises propagates and is not recorded in the results.
+
+    Under ``torchrun`` (:mod:`percepbench.distributed`): every rank checks the options, prepares the tasks
+    and builds the metrics; rank 0 alone creates, locks and writes the run directory and calls ``finish``;
+    the items (pairwise metrics) or unique images (embedding metrics) of each pair are sharded by id across
+    the ranks and gathered by id on rank 0, which scores them; retrieval tasks run on rank 0 alone. The
+    other ranks return results that were never written (no records).
     """
     task_specs: list[TaskSpec] = TASKS.select(config.tasks)
     metric_specs = select_metrics(config)
@@ -895,6 +948,8 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         TASKS.resolve(name)
     device = resolve_device(config.device)
     precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
+    if distributed.launched() and not distributed.is_main():
+        config = dataclasses.replace(config, progress=False)  # one set of progress bars: rank 0's
     if not config.progress:
         _quiet_libraries()
     if config.threads is not None:
@@ -907,10 +962,18 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
                 "resize_for": config.resize_for}
     requested = Path(config.out) if config.out else None
     with contextlib.ExitStack() as stack:
-        locked = requested is not None and requested.is_dir()
-        if locked:  # a run going on there fails this one now, not after its data is read
-            stack.enter_context(lock_run_dir(requested))
-        previous = _previous_run(requested, config, settings) if requested is not None else None
+        device = stack.enter_context(distributed.session(device))  # torchrun: this rank's device
+        main = distributed.is_main()  # only rank 0 touches the run directory
+        locked = main and requested is not None and requested.is_dir()
+        found: dict[str, RunResults | None] = {}
+
+        def check_out_dir() -> None:  # on rank 0; an error there stops every rank (broadcast_from_main)
+            if locked:  # a run going on there fails this one now, not after its data is read
+                stack.enter_context(lock_run_dir(requested))
+            found["previous"] = _previous_run(requested, config, settings) if requested is not None else None
+
+        distributed.broadcast_from_main(check_out_dir)
+        previous = found.get("previous")
         torch.manual_seed(config.seed)
         # build and prepare everything before any long work, so bad options and bad data fail fast (exit 2)
         # and nothing is written
@@ -937,14 +1000,23 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         tasks = ready
         runnable = [m for m in metric_specs if m.name in metrics]
         check_pair_limits(tasks, runnable, metrics, config, device)
-        out = _make_out_dir(requested)
-        if not locked:
-            stack.enter_context(lock_run_dir(out))
-            if requested is not None:  # another run may have written there while this one prepared
-                previous = _previous_run(out, config, settings)
-        if config.overwrite:
-            remove_run_files(out)
-        shutil.rmtree(out / SCRATCH_DIR, ignore_errors=True)  # what an interrupted run of this directory left
+        distributed.agree(([t.name for t, _ in tasks], [m.name for m in runnable]),
+                          "the (task, metric) pairs they can run (tasks, metrics)")
+
+        def claim_out_dir() -> tuple[Path, list[tuple[str, str]]]:
+            nonlocal previous
+            out = _make_out_dir(requested)
+            if not locked:
+                stack.enter_context(lock_run_dir(out))
+                if requested is not None:  # another run may have written there while this one prepared
+                    previous = _previous_run(out, config, settings)
+            if config.overwrite:
+                remove_run_files(out)
+            shutil.rmtree(out / SCRATCH_DIR, ignore_errors=True)  # what an interrupted run of this directory left
+            return out, list(_finished_pairs(previous))
+
+        # rank 0 claims the directory; every rank learns where it is and which pairs a resumed run keeps
+        out, kept_pairs = distributed.broadcast_from_main(claim_out_dir)
 
         meta: RunMeta = {
             **environment(device),
@@ -964,7 +1036,7 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
             "protocol": [],
             "failed": [],
         }
-        finished = _finished_pairs(previous)
+        finished = _finished_pairs(previous) if main else {pair: ([], pd.DataFrame(), None) for pair in kept_pairs}
         meta["failed"] += [f for f in _skipped_pairs(skipped, task_specs, metric_specs)
                            if (f["task"], f["metric"]) not in finished]
         results = RunResults(meta=meta, records=records_frame([]), samples=None, complete=False, path=out)
@@ -977,17 +1049,18 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
                                     "error": f"{type(exc).__name__}: {user_message(exc)}"}
                 meta["failed"].append(failure)
-                with contextlib.suppress(Exception):  # the results as of the last finished pair, and why it ended
-                    write_results(out, results)
+                if main:
+                    with contextlib.suppress(Exception):  # the results as of the last finished pair, and why it ended
+                        write_results(out, results)
             raise
-        if finish is not None:
+        if finish is not None and main:
             finish(results)
         return results
 
 
 def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, Task]],
            metric_specs: list[MetricSpec], metrics: dict[str, DistanceMetric], results: RunResults,
-           finished: dict[tuple[str, str], tuple[list[dict[str, Any]], pd.DataFrame, ProtocolEntry]],
+           finished: dict[tuple[str, str], tuple[list[dict[str, Any]], pd.DataFrame, ProtocolEntry | None]],
            position: dict[str, str | None]) -> RunResults:
     """The scoring loop of :func:`run`, in its locked run directory ``results.path``.
 
@@ -1002,6 +1075,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
     records: list[dict[str, Any]] = []
     samples: list[pd.DataFrame] = []
     for kept_records, kept_samples, kept_entry in finished.values():
+        if kept_entry is None:  # another rank under torchrun: it knows which pairs are kept, rank 0 keeps them
+            continue
         records.extend(kept_records)
         samples.append(kept_samples)
         meta["protocol"].append(kept_entry)
@@ -1017,6 +1092,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
         meta["protocol"].sort(key=lambda p: rank(p["task"], p["metric"]))
 
     def flush(complete: bool = False) -> None:
+        if not distributed.is_main():  # under torchrun only rank 0 writes
+            return
         in_run_order()
         results.records = records_frame(records)
         results.comparisons = pd.DataFrame(comparisons, columns=COMPARISON_COLUMNS)
@@ -1042,6 +1119,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 metric = metrics[mspec.name]
                 desc = f"{tspec.name} · {mspec.name}"
                 if getattr(task, "set_level", False):
+                    if not distributed.is_main():  # retrieval is not sharded: rank 0 ranks the gallery alone
+                        continue
                     positions, distances, embedding_stats, search_info = rank_gallery(
                         metric, task, mspec, config, device, desc, file_hashes=file_hashes,
                         scratch=out / SCRATCH_DIR)
@@ -1051,6 +1130,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                         metric, task, mspec, config, device, desc, file_hashes=file_hashes)
                 else:
                     dists = compute_distances(metric, task, mspec, config, device, desc)
+                if not distributed.is_main():  # the distances were gathered on rank 0, which scores them
+                    continue
                 if not getattr(task, "set_level", False):
                     check_finite_distances(dists, items, metric=mspec.name, precision=config.precision,
                                            computed_in=metric.computes_in(config.precision))
@@ -1064,6 +1145,8 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 pair_records = [{"task": tspec.name, "metric": mspec.name, **rec}
                                 for rec in task.score(frame, seed=config.seed, n_boot=config.n_boot)]
             except Exception as exc:  # one broken metric must not lose the others' results
+                if isinstance(exc, distributed.RankLost):  # torchrun lost a rank: the run cannot go on
+                    raise
                 failure: Failure = {"task": tspec.name, "metric": mspec.name,
                                     "kind": "data" if isinstance(exc, DataError) else "failure",
                                     "error": f"{type(exc).__name__}: {user_message(exc)}"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import ClassVar
 
 import torch
@@ -143,3 +145,23 @@ class NeedsWeights(MeanAbs):
 
         ensure_files((WeightFile("toy_needs_weights.pth", "https://example.invalid/toy_needs_weights.pth"),),
                      progress=False)
+
+
+class FailOnRank(MeanAbs):
+    """MeanAbs, except on the torchrun rank named by ``$PERCEPBENCH_TEST_FAIL_RANK``: there it raises a
+    ``RuntimeError`` (``$PERCEPBENCH_TEST_FAIL_HOW=raise``, the default) or ends the process with exit code 3
+    (``exit``: a rank that dies, as when it is killed), once the file ``$PERCEPBENCH_TEST_FAIL_AFTER`` exists
+    when that is set (so that rank 0 has written what comes before)."""
+
+    def distance(self, preds, target):
+        if os.environ.get("RANK") is not None and os.environ.get("RANK") == os.environ.get("PERCEPBENCH_TEST_FAIL_RANK"):
+            if os.environ.get("PERCEPBENCH_TEST_FAIL_HOW") == "exit":
+                after = os.environ.get("PERCEPBENCH_TEST_FAIL_AFTER")
+                for _ in range(1200 if after else 0):
+                    if os.path.exists(after):
+                        break
+                    time.sleep(0.05)
+                time.sleep(0.5 if after else 0)  # the results file follows the samples file
+                os._exit(3)
+            raise RuntimeError(f"failure injected on rank {os.environ['RANK']}")
+        return super().distance(preds, target)
