@@ -201,7 +201,42 @@ class LPIPSNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------------- metric
 
 
-class LPIPSMetric(DistanceMetric):
+class LayerMapsDistance(DistanceMetric):
+    """The distance of LPIPS-style networks (LPIPS, ST-LPIPS): ``self.network(2x - 1, 2y - 1)`` returns one
+    head-weighted difference map (N, 1, h, w) per layer; the per-pair value is the sum over layers of each
+    map's spatial mean, and :meth:`spatial_map` sums the maps upsampled (bilinear) to the input size.
+    Subclasses set ``network``, ``spatial`` and ``last_spatial_map`` in ``__init__``."""
+
+    network: nn.Module
+    spatial: bool
+    last_spatial_map: torch.Tensor | None
+
+    def _maps(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        return self.network(2.0 * x - 1.0, 2.0 * y - 1.0)
+
+    @staticmethod
+    def _upsampled_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        total = 0
+        for m in maps:
+            total = total + F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return total
+
+    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        maps = self._maps(preds, target)
+        if self.spatial:
+            self.last_spatial_map = self._upsampled_sum(maps, tuple(preds.shape[-2:])).detach()
+        total = 0
+        for m in maps:
+            total = total + m.mean(dim=(2, 3), keepdim=True)
+        return total.reshape(preds.shape[0])
+
+    def spatial_map(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel map (N, 1, H, W) of a validated pair of batches (state untouched)."""
+        x, y = self.prepare(preds, target)
+        return self._upsampled_sum(self._maps(x, y), tuple(x.shape[-2:]))
+
+
+class LPIPSMetric(LayerMapsDistance):
     """LPIPS distance per pair (lower = more similar), as a torchmetrics ``Metric``.
 
     Inputs are NCHW RGB batches, float in [0, 1] or uint8, at their native size (at least
@@ -266,27 +301,3 @@ class LPIPSMetric(DistanceMetric):
         self.last_spatial_map: torch.Tensor | None = None
         if not pretrained or heads_file is not None:  # random trunk and heads, or the user's own heads file
             self.weight_files_used = [TRUNK_WEIGHTS[net].filename] if pretrained else []
-
-    def _maps(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        return self.network(2.0 * x - 1.0, 2.0 * y - 1.0)
-
-    @staticmethod
-    def _upsampled_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        total = 0
-        for m in maps:
-            total = total + F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        return total
-
-    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        maps = self._maps(preds, target)
-        if self.spatial:
-            self.last_spatial_map = self._upsampled_sum(maps, tuple(preds.shape[-2:])).detach()
-        total = 0
-        for m in maps:
-            total = total + m.mean(dim=(2, 3), keepdim=True)
-        return total.reshape(preds.shape[0])
-
-    def spatial_map(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel LPIPS map (N, 1, H, W) of a validated pair of batches (state untouched)."""
-        x, y = self.prepare(preds, target)
-        return self._upsampled_sum(self._maps(x, y), tuple(x.shape[-2:]))

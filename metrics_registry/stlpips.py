@@ -37,9 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from percepbench.errors import WeightsError
-from percepbench.metrics_registry.base import DistanceMetric
 from percepbench.metrics_registry.catalog.stlpips import CHANNELS, CITATION, MIN_SIZE, NETS, WEIGHTS  # noqa: F401
-from percepbench.metrics_registry.lpips_metric import load_state_file, load_weight_file, strict_load
+from percepbench.metrics_registry.lpips_metric import (
+    LayerMapsDistance,
+    load_state_file,
+    load_weight_file,
+    strict_load,
+)
 
 #: LPIPS v0.1's input scaling on [-1, 1] input (``(x - shift) / scale``), stored in every ST-LPIPS file
 SHIFT = (-0.030, -0.088, -0.188)
@@ -194,7 +198,7 @@ class STLPIPSNetwork(nn.Module):
         return maps
 
 
-class STLPIPSMetric(DistanceMetric):
+class STLPIPSMetric(LayerMapsDistance):
     """ST-LPIPS distance per pair (lower = more similar), as a torchmetrics ``Metric``.
 
     Inputs are NCHW RGB batches, float in [0, 1] or uint8, at their native size (at least
@@ -251,27 +255,3 @@ class STLPIPSMetric(DistanceMetric):
         self.last_spatial_map: torch.Tensor | None = None
         if loaded is None:  # random weights, or the user's own file: none of the spec's files was read
             self.weight_files_used = []
-
-    def _maps(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        return self.network(2.0 * x - 1.0, 2.0 * y - 1.0)
-
-    @staticmethod
-    def _upsampled_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        total = 0
-        for m in maps:
-            total = total + F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        return total
-
-    def distance(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        maps = self._maps(preds, target)
-        if self.spatial:
-            self.last_spatial_map = self._upsampled_sum(maps, tuple(preds.shape[-2:])).detach()
-        total = 0
-        for m in maps:
-            total = total + m.mean(dim=(2, 3), keepdim=True)
-        return total.reshape(preds.shape[0])
-
-    def spatial_map(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel ST-LPIPS map (N, 1, H, W) of a validated pair of batches (state untouched)."""
-        x, y = self.prepare(preds, target)
-        return self._upsampled_sum(self._maps(x, y), tuple(x.shape[-2:]))

@@ -39,7 +39,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -324,6 +324,21 @@ def missing_grouped(base: Path, rels: Sequence[str], fix: str, what: str) -> lis
     grouped = [f"{base / folder}: folder missing ({n} referenced {what}(s) in it). {fix}"
                for folder, n in sorted(folders.items())]
     return grouped + problems
+
+
+def image_problems(base: Path, files: Sequence[str | Path], fix: str, *, deep: bool,
+                   unreadable_fix: Callable[[Path], str] | None = None) -> list[str]:
+    """What is wrong with the image files a dataset's labels name (absolute, or relative to ``base``): the
+    missing ones, grouped by folder (:func:`missing_grouped`), and with ``deep`` the ones PIL cannot decode.
+    Each problem ends with ``fix`` (an undecodable file with ``unreadable_fix(path)`` when given)."""
+    paths = list(dict.fromkeys(Path(f) if Path(f).is_absolute() else base / f for f in files))
+    missing = [p for p in paths if not p.is_file()]
+    problems = missing_grouped(base, [os.path.relpath(p, base).replace(os.sep, "/") for p in missing], fix, "image")
+    if deep:
+        gone = set(missing)
+        problems += [f"{p}: image cannot be read ({why}). {unreadable_fix(p) if unreadable_fix else fix}"
+                     for p, why in unreadable_images([p for p in paths if p not in gone])]
+    return problems
 
 
 def unreadable_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:

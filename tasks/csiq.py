@@ -59,9 +59,8 @@ import pandas as pd
 from percepbench.data import (
     DATA_ROOT_HELP,
     download_command,
-    missing_grouped,
+    image_problems,
     task_data_dir,
-    unreadable_images,
 )
 from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
@@ -394,13 +393,7 @@ def verify_csiq(source: DatasetSource, root: Path, selected: list[Part], deep: b
         return [f"{exc}. {fix}"]
     if not any(p.name == "images" for p in selected):
         return []
-    files = list(dict.fromkeys(p for pair in paths for p in pair))
-    missing = [os.path.relpath(p, dest) for p in files if not os.path.isfile(p)]
-    problems = missing_grouped(dest, [m.replace(os.sep, "/") for m in missing], fix, "image")
-    if deep:
-        present = [Path(p) for p in files if os.path.isfile(p)]
-        problems += [f"{p}: image cannot be read ({why}). {fix}" for p, why in unreadable_images(present)]
-    return problems
+    return image_problems(dest, [p for pair in paths for p in pair], fix, deep=deep)
 
 
 register_dataset(DatasetSource(

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from percepbench.data import download_command, missing_grouped, task_data_dir, unreadable_images
+from percepbench.data import download_command, image_problems, task_data_dir
 from percepbench.datasets import DatasetSource
 from percepbench.errors import DataError
 from percepbench.tasks.files import FileTask, listed, split_list
@@ -245,15 +245,8 @@ def verify_listing(source: DatasetSource, root: Path, read: Callable[[Path], tup
         listing, _ = read(dest)
     except DataError as exc:
         return [f"{exc}. {fix}"]
-    paths = list(dict.fromkeys([*listing["ref_path"].astype(str), *listing["dist_path"].astype(str)]))
-    missing = [p for p in paths if not os.path.isfile(p)]
-    rels = [os.path.relpath(p, dest) for p in missing]
-    problems = missing_grouped(dest, rels, fix, "image")
-    if deep:
-        gone = set(missing)
-        problems += [f"{p}: image cannot be read ({why}). {fix}"
-                     for p, why in unreadable_images([Path(p) for p in paths if p not in gone])]
-    return problems
+    return image_problems(dest, [*listing["ref_path"].astype(str), *listing["dist_path"].astype(str)], fix,
+                          deep=deep)
 
 
 def manual_fix(source_name: str, root: Path) -> str:

@@ -42,9 +42,8 @@ import pandas as pd
 from percepbench.data import (
     DATA_ROOT_HELP,
     fix_hint,
-    missing_grouped,
+    image_problems,
     task_data_dir,
-    unreadable_images,
 )
 from percepbench.data import how_to_get as data_how_to_get
 from percepbench.datasets import DatasetSource, Part
@@ -201,13 +200,7 @@ def verify_nights(source: DatasetSource, root: Path, selected: list[Part], deep:
         return [f"{exc}. {fix_hint(source, root, delete=csv)}"]
     kept = frame[(votes >= MIN_VOTES).to_numpy()]
     rels = list(dict.fromkeys(str(p) for col in ("ref_path", "left_path", "right_path") for p in kept[col]))
-    missing = [r for r in rels if not (dest / r).is_file()]
-    problems = missing_grouped(dest, missing, fix, "image")
-    if deep:
-        present = [dest / r for r in rels if r not in set(missing)]
-        problems += [f"{p}: image cannot be read ({why}). {fix_hint(source, root, delete=p)}"
-                     for p, why in unreadable_images(present)]
-    return problems
+    return image_problems(dest, rels, fix, deep=deep, unreadable_fix=lambda p: fix_hint(source, root, delete=p))
 
 
 def nights_source(chunks: int = 100) -> DatasetSource:

@@ -64,9 +64,8 @@ import pandas as pd
 from percepbench.data import (
     DATA_ROOT_HELP,
     fix_hint,
-    missing_grouped,
+    image_problems,
     task_data_dir,
-    unreadable_images,
 )
 from percepbench.data import how_to_get as data_how_to_get
 from percepbench.datasets import DatasetSource, Part
@@ -332,14 +331,8 @@ def verify_pieapp(source: DatasetSource, root: Path, selected: list[Part], deep:
         files += [p for row in paths for p in row]
     except DataError as exc:
         problems.append(f"{exc}. {fix}")
-    files = list(dict.fromkeys(files))
-    missing = [os.path.relpath(p, dest).replace(os.sep, "/") for p in files if not os.path.isfile(p)]
-    problems += missing_grouped(dest, missing, fix, "image")
-    if deep:
-        present = [Path(p) for p in files if os.path.isfile(p)]
-        problems += [f"{p}: image cannot be read ({why}). {fix_hint(source, root, delete=p)}"
-                     for p, why in unreadable_images(present)]
-    return problems
+    return problems + image_problems(dest, files, fix, deep=deep,
+                                     unreadable_fix=lambda p: fix_hint(source, root, delete=p))
 
 
 register_dataset(DatasetSource(

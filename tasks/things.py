@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from percepbench.data import download_command, missing_grouped, task_data_dir, unreadable_images
+from percepbench.data import download_command, image_problems, task_data_dir
 from percepbench.datasets import DatasetSource, Part
 from percepbench.errors import DataError
 from percepbench.registry import register_dataset, register_task
@@ -156,11 +156,7 @@ def verify_things(source: DatasetSource, root: Path, selected: list[Part], deep:
         problems.append(f"{triplet_file}: no triplets in it. {fix}")
     if any(p.name == "images" for p in selected):
         rels = list(dict.fromkeys(image_file(n) for _, names in triplets for n in names))
-        missing = [r for r in rels if not (dest / r).is_file()]
-        problems += missing_grouped(dest, missing, fix, "image")
-        if deep:
-            present = [dest / r for r in rels if r not in set(missing)]
-            problems += [f"{p}: image cannot be read ({why}). {fix}" for p, why in unreadable_images(present)]
+        problems += image_problems(dest, rels, fix, deep=deep)
     return problems
 
 
