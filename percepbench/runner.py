@@ -453,14 +453,24 @@ def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, conf
         part = dataset if len(positions) == len(dataset) else Subset(dataset, positions.tolist())
         loader = DataLoader(part, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda")
-        columns: dict[str, list[torch.Tensor]] = {col: [torch.empty(0)] for col, _, _ in task.comparisons}
+        # written in place: keeping each batch's small result tensor alive between the large transient
+        # image buffers fragments the heap, and the process grew ~70 KB per triplet (1.1 GB at 20,000;
+        # docs/benchmarks/memory_scale.md)
+        columns = {col: np.empty(len(part), dtype=np.float64) for col, _, _ in task.comparisons}
+        done = 0
         with torch.inference_mode(), precision_context(device, config.precision):
             for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
+                n = 0
                 for col, a, b in task.comparisons:
                     d = metric.pairwise(batch[a].to(device, non_blocking=True),
                                         batch[b].to(device, non_blocking=True))
-                    columns[col].append(d.detach().float().reshape(-1).cpu())
-        return {col: torch.cat(vals).numpy().astype(np.float64) for col, vals in columns.items()}, None
+                    values = d.detach().float().reshape(-1).cpu().numpy()
+                    n = len(values)
+                    columns[col][done:done + n] = values
+                done += n
+        if done != len(part):
+            raise RuntimeError(f"{desc}: the loader gave {done} items, expected {len(part)}")
+        return columns, None
 
     ids = [f"{s}/{i}" for s, i in zip(items["subset"].astype(str), items["item"].astype(str), strict=True)]
     gathered = distributed.sharded(ids, shard, check=_weights_digest(metric), what="items")

@@ -330,13 +330,20 @@ def _resolve_device(device: str | None) -> torch.device:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads back (numpy's keys as a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -453,7 +460,7 @@ class Trainer:
         if not path.is_file():
             raise UsageError(f"--resume: {path} not found: nothing to resume in {self.out}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are numpy
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain Python values only
         except Exception as exc:
             raise UsageError(f"--resume: {path} is unreadable ({exc})") from exc
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -639,8 +646,10 @@ class Trainer:
                      "order": None if order is None else order.tolist(),
                      "trainable": {k: v.detach().cpu().clone() for k, v in self.named_trainable.items()},
                      "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                     "rng": _rng_state(), "best_score": self.best_score, "best_epoch": self.best_epoch,
-                     "val_scores": list(self.val_scores), "time": time.time()}
+                     "rng": _rng_state(),
+                     "best_score": None if self.best_score is None else float(self.best_score),
+                     "best_epoch": None if self.best_epoch is None else int(self.best_epoch),
+                     "val_scores": [None if v is None else float(v) for v in self.val_scores], "time": time.time()}
             buf = io.BytesIO()
             torch.save(state, buf)
             atomic_write(tmp / STATE_FILE, lambda fh: fh.write(buf.getvalue()))
