@@ -2,11 +2,15 @@
 
 Writes random weights in the official on-disk formats to a temporary cache dir, builds both models from it,
 checks they agree, and times ``embed`` (images/s) for the ensemble and ``dino_vitb16`` at batch 1/16/64:
-fp32 and bf16 autocast on the CPU, and the same on CUDA when a GPU is present. Ratios are official time /
-our time from the same run (> 1: percepbench is faster). Usage::
+fp32 and bf16 autocast on the CPU, and the same on CUDA when a GPU is present (``bf16+compile``: also
+``torch.compile`` on percepbench's side; the official model is never compiled). Ratios are official time /
+our time from the same run (> 1: percepbench is faster). Each row also gives the achieved model GFLOP/s
+(images/s x the variant's GFLOP per image by formula, ``benchmarks/compute_rate.py``) and, with
+``--peak-tflops`` (on H100/H200 bf16 rows 790 by default, the measured dense bf16 rate), its fraction of peak.
+Usage::
 
     python benchmarks/dreamsim_embed_speed.py [--batches 1,16,64] [--repeats 3] [--settings cpu:fp32,cuda:bf16]
-        [--out docs/benchmarks/dreamsim_embed_speed.json]
+        [--peak-tflops 790] [--out docs/benchmarks/dreamsim_embed_speed.json]
 
 Needs the test extras (the official ``dreamsim`` package).
 """
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -24,10 +27,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compute_rate import flops_per_image
+
+from percepbench.cpu_info import cpu_facts
 from percepbench.models.dreamsim import build_dreamsim
 
 from dreamsim_official import official_model, write_official_cache
+
+#: measured dense bf16 matmul rate of the GPUs percepbench was sized for (TFLOP/s), by name fragment
+BF16_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 
 
 def timed(fn, x, repeats: int, device: torch.device) -> float:
@@ -53,18 +63,22 @@ def main() -> None:
     parser.add_argument("--variants", default="dino_vitb16,ensemble")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--settings", default="cpu:fp32,cpu:bf16,cuda:fp32,cuda:bf16",
-                        help="device:precision pairs (precision fp32, or bf16 autocast); cuda ones are skipped "
-                             "when no GPU is present")
+                        help="device:precision pairs (precision fp32, bf16 autocast, or bf16+compile); cuda ones "
+                             "are skipped when no GPU is present")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak rate for the fraction-of-peak column (default: 790 for bf16 rows "
+                             "on H100/H200, else none)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     settings = []
     for item in args.settings.split(","):
         dev, _, precision = item.strip().partition(":")
-        if dev not in ("cpu", "cuda") or precision not in ("fp32", "bf16"):
-            parser.error(f"bad setting {item!r}: expected cpu|cuda:fp32|bf16")
+        if dev not in ("cpu", "cuda") or precision not in ("fp32", "bf16", "bf16+compile"):
+            parser.error(f"bad setting {item!r}: expected cpu|cuda:fp32|bf16|bf16+compile")
         if dev == "cuda" and not torch.cuda.is_available():
             continue
-        settings.append((torch.device(dev), torch.bfloat16 if precision == "bf16" else None))
+        settings.append((torch.device(dev), None if precision == "fp32" else torch.bfloat16,
+                         precision.endswith("+compile")))
     if not settings:
         parser.error(f"nothing to measure for --settings {args.settings!r} (no CUDA device here?)")
     rows = []
@@ -74,17 +88,21 @@ def main() -> None:
         for variant in args.variants.split(","):
             theirs, _ = official_model(root, states["dino"], dreamsim_type=variant)
             ours = build_dreamsim(variant, cache_dir=root)
-            for device, dtype in settings:
+            for device, dtype, compiled in settings:
                 theirs.to(device)
                 ours.to(device)
+                embed = torch.compile(ours.embed) if compiled else ours.embed
+                gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+                peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu and dtype), None)
                 for b in batches:
                     x = torch.rand(b, 3, 224, 224, device=device)
 
-                    def run(model, x=x, device=device, dtype=dtype):
+                    def run(model, x=x, device=device, dtype=dtype, embed=embed, ours=ours):
+                        fn = embed if model is ours else model.embed
                         if dtype is None:
-                            return model.embed(x)
+                            return fn(x)
                         with torch.autocast(device.type, dtype=dtype):
-                            return model.embed(x)
+                            return fn(x)
 
                     # fp32 rows: agreement with the official model; bf16 rows: our bf16 against official fp32
                     with torch.no_grad():
@@ -93,17 +111,21 @@ def main() -> None:
 
                     t_ours = timed(lambda x, m=ours: run(m, x), x, args.repeats, device)
                     t_theirs = timed(lambda x, m=theirs: run(m, x), x, args.repeats, device)
-                    row = {"variant": variant, "device": str(device), "dtype": "bf16-autocast" if dtype else "fp32",
+                    gflops = b / t_ours * flops_per_image(variant)
+                    row = {"variant": variant, "device": str(device),
+                           "dtype": ("bf16-autocast" if dtype else "fp32") + ("+compile" if compiled else ""),
                            "batch": b, "ours_img_s": b / t_ours, "official_img_s": b / t_theirs,
-                           "ratio": t_theirs / t_ours, "max_abs_embed_diff": err}
+                           "ratio": t_theirs / t_ours, "max_abs_embed_diff": err, "ours_model_gflops": gflops,
+                           "peak_tflops": peak, "fraction_of_peak": gflops / (peak * 1000) if peak else None}
                     rows.append(row)
                     print(f"{variant:12s} {row['device']:5s} {row['dtype']:13s} batch {b:3d}: ours "
                           f"{row['ours_img_s']:7.2f} img/s, official {row['official_img_s']:7.2f} img/s, "
-                          f"ratio {row['ratio']:.2f}" + (f", max |diff| {err:.1e}" if err is not None else ""),
-                          flush=True)
+                          f"ratio {row['ratio']:.2f}, {gflops:,.0f} GFLOP/s"
+                          + (f" ({100 * row['fraction_of_peak']:.0f}% of {peak:.0f} TFLOP/s)" if peak else "")
+                          + (f", max |diff| {err:.1e}" if err is not None else ""), flush=True)
             theirs.cpu()
             ours.cpu()
-    meta = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    meta = {"torch": torch.__version__, "cpu": cpu_facts(),
             "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     if args.out:

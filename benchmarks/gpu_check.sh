@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: the whole test suite with PERCEPBENCH_TEST_DEVICE=cuda (tests/test_gpu.py first, then
-# every other test file), then the CUDA rows (fp32 and bf16 autocast) of the DreamSim speed benchmark.
-# Each of the three steps has its own time limit, so one that overruns still leaves time to the others.
+# every other test file), the CUDA rows of the DreamSim embedding benchmark (fp32, bf16 autocast and
+# bf16 + torch.compile at batch 256: images/s and the fraction of bf16 peak), then the end-to-end NIGHTS-
+# layout run on CUDA (percepbench fp32 / bf16 / bf16+compile against the official procedure in fp32).
+# Each of the four steps has its own time limit, so one that overruns still leaves time to the others.
 # Run from the repository root on the GPU machine:
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]   # default: $OUT, else ./gpu-check
@@ -10,13 +12,17 @@
 # installed into $SITE (default /tmp/site) first and its fixtures are used; otherwise percepbench and its
 # dependencies must already be importable and ../shared/fixtures must exist.
 # Settings (environment): PERCEPBENCH_TEST_DEVICE (default cuda); GPU_TESTS_TIMEOUT, SUITE_TIMEOUT,
-# BENCH_TIMEOUT (seconds, default 120, 240 and 90: about 8 minutes with the install); SUITE (what the
-# second step runs, default tests: a shortened dry run names a few test files); SUITE_WORKERS (pytest-xdist
-# workers of both test steps when xdist is importable, default 8; 0: one process); BENCH_SETTINGS (default
-# cuda:fp32,cuda:bf16) and BENCH_ARGS pass through to the benchmark.
+# BENCH_TIMEOUT, E2E_TIMEOUT (seconds, default 90, 150, 75 and 150: under 8 minutes with the install);
+# SUITE (what the second step runs, default tests: a shortened dry run names a few test files);
+# SUITE_WORKERS (pytest-xdist workers of both test steps when xdist is importable, default 8; 0: one
+# process); BENCH_SETTINGS (default cuda:fp32,cuda:bf16,cuda:bf16+compile) and BENCH_ARGS (default
+# --batches 256 --repeats 3 --variants ensemble,dino_vitb16) pass through to the embedding benchmark;
+# E2E_SETTINGS (default cuda:fp32,cuda:bf16,cuda:bf16+compile) and E2E_ARGS (default --triplets 1000
+# --rounds 1 --batch-size 256 --official-workers 8) to the end-to-end one.
 #
-# Writes into OUT_DIR (8 files): environment.txt, gpu_tests.xml/.log, suite_tests.xml/.log,
-# dreamsim_embed_speed.json/.log, and steps.txt (each step's exit status and seconds; 124: timed out).
+# Writes into OUT_DIR (10 files): environment.txt, gpu_tests.xml/.log, suite_tests.xml/.log,
+# dreamsim_embed_speed.json/.log, nights_end_to_end.json/.md/.log, and steps.txt (each step's exit status
+# and seconds; 124: timed out).
 set -uo pipefail
 OUT_DIR="${1:-${OUT:-gpu-check}}"
 PY="${PYTHON:-python3}"
@@ -68,13 +74,18 @@ step() {
 }
 # -P: the checkout's percepbench/ folder must not shadow the installed package (whose metrics_registry/,
 # tasks/ and reports/ are mapped into it); the tests run from the checkout's tests/
-step gpu_tests "${GPU_TESTS_TIMEOUT:-120}" "$PY" -P -m pytest -q -p no:cacheprovider -rs \
+step gpu_tests "${GPU_TESTS_TIMEOUT:-90}" "$PY" -P -m pytest -q -p no:cacheprovider -rs \
     ${parallel[@]+"${parallel[@]}"} tests/test_gpu.py --junitxml "$OUT_DIR/gpu_tests.xml"
 # shellcheck disable=SC2086  # SUITE may name several paths
-step suite_tests "${SUITE_TIMEOUT:-240}" "$PY" -P -m pytest -q -p no:cacheprovider -rs \
+step suite_tests "${SUITE_TIMEOUT:-150}" "$PY" -P -m pytest -q -p no:cacheprovider -rs \
     ${parallel[@]+"${parallel[@]}"} $SUITE --ignore tests/test_gpu.py --junitxml "$OUT_DIR/suite_tests.xml"
 # shellcheck disable=SC2086  # BENCH_ARGS may hold several arguments
-step dreamsim_embed_speed "${BENCH_TIMEOUT:-90}" "$PY" -P benchmarks/dreamsim_embed_speed.py \
-    --settings "${BENCH_SETTINGS:-cuda:fp32,cuda:bf16}" ${BENCH_ARGS:-} \
+step dreamsim_embed_speed "${BENCH_TIMEOUT:-75}" "$PY" -P benchmarks/dreamsim_embed_speed.py \
+    --settings "${BENCH_SETTINGS:-cuda:fp32,cuda:bf16,cuda:bf16+compile}" \
+    ${BENCH_ARGS:---batches 256 --repeats 3 --variants ensemble,dino_vitb16} \
     --out "$OUT_DIR/dreamsim_embed_speed.json"
+# shellcheck disable=SC2086  # E2E_ARGS may hold several arguments
+step nights_end_to_end "${E2E_TIMEOUT:-150}" "$PY" -P benchmarks/nights_end_to_end.py \
+    --settings "${E2E_SETTINGS:-cuda:fp32,cuda:bf16,cuda:bf16+compile}" --device "${E2E_DEVICE:-cuda}" \
+    ${E2E_ARGS:---triplets 1000 --rounds 1 --batch-size 256 --official-workers 8} --out "$OUT_DIR"
 exit $status

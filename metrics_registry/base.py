@@ -99,6 +99,8 @@ class DistanceMetric(Metric):
     #: file names of the spec's weight files this instance loaded (``meta.weights`` lists only those); None:
     #: all of them. Metrics built with ``pretrained=false`` set it (none, or only the files they still read)
     weight_files_used: list[str] | None = None
+    #: whether :meth:`quantize_int8` works for this class (a run uses it where the spec also lists ``"int8"``)
+    quantizable: ClassVar[bool] = False
 
     def __init__(self, reduction: Reduction = "mean", validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -156,7 +158,43 @@ class DistanceMetric(Metric):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         supported = getattr(self.spec, "precisions", PRECISIONS) if self.spec is not None else PRECISIONS
+        if precision == "int8" and not self.quantizable:
+            return "fp32"
         return precision if precision in supported else "fp32"
+
+    def quantize_int8(self) -> DistanceMetric:
+        """Dynamic int8 quantisation, in place, of every ``nn.Linear`` of this metric (CPU only; returns self).
+
+        Weights become int8 per output channel; activations are quantised per batch at run time
+        (``torch.ao.quantization.quantize_dynamic``, fbgemm/x86 kernels, which use VNNI or AMX where the CPU
+        has them). Attention products, LayerNorm and GELU stay fp32. For scoring only: the quantised layers
+        carry no gradient. ``percepbench run --precision int8`` calls it for metrics whose spec lists
+        ``"int8"``; what it costs in agreement with fp32 is measured in ``docs/performance.md``.
+        """
+        import warnings
+
+        if not self.quantizable:
+            raise TypeError(f"{type(self).__name__} does not support int8 dynamic quantisation")
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 dynamic quantisation runs on the CPU only; this metric is on {self.device}")
+        try:
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        except ImportError as exc:  # torch moved it to torchao; say so rather than fail obscurely
+            raise RuntimeError(f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic "
+                               "(moved to torchao upstream); use --precision fp32 or bf16") from exc
+        with warnings.catch_warnings():  # torch marks its eager quantisation API as deprecated (torchao)
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+            quantize_dynamic(self, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        return self
+
+    def compile_embedding(self, **options: Any) -> DistanceMetric:
+        """``torch.compile`` :meth:`embed` (the step the runner repeats per batch), in place; returns self.
+        ``percepbench run --compile`` calls it for embedding metrics. The first calls pay the compile time
+        (again for a new batch size)."""
+        if not self.embeds:
+            raise TypeError(f"{type(self).__name__} is not an embedding metric")
+        self.embed = torch.compile(self.embed, **options)  # type: ignore[method-assign]
+        return self
 
     def _in_own_precision(self, fn: Any, *tensors: torch.Tensor) -> torch.Tensor:
         """``fn(*tensors)``, with autocast disabled and half inputs cast to float32 when the autocast

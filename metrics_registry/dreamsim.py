@@ -52,6 +52,7 @@ class DreamSimMetric(DistanceMetric):
 
     is_differentiable = True
     embeds = True
+    quantizable = True
 
     def __init__(self, variant: str = "ensemble", normalize_embeds: bool = True, lora: bool = True,
                  pretrained: bool = True, cache_dir: str | Path | None = None, merge_lora: bool = True,

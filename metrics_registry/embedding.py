@@ -37,6 +37,7 @@ class ZeroShotEmbeddingMetric(DistanceMetric):
     """
 
     embeds = True
+    quantizable = True  # the same ViT code as DreamSim (nn.Linear layers): int8 dynamic quantisation applies
 
     def __init__(self, backbone: str, feature: str | None = None, normalize_embeds: bool = False,
                  pretrained: bool = True, cache_dir: str | Path | None = None, **kwargs: Any) -> None:

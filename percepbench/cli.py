@@ -51,9 +51,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's, the physical cores); fewer when other processes "
                         "share the machine")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 (default), or run the metrics under torch.autocast in bf16/fp16 (faster on GPUs; "
-                        "scores shift slightly, and the precision is recorded in the results)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="fp32 (default), or run the metrics under torch.autocast in bf16/fp16 (faster on GPUs and "
+                        "on CPUs with AVX512-BF16/AMX), or int8: dynamic int8 quantisation of the linear layers "
+                        "of the metrics that support it (DreamSim; CPU only). Scores shift slightly; the "
+                        "precision each metric computed in is recorded in the results")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the embedding step of embedding metrics (worth it on a GPU for large "
+                        "runs; the first batches pay the compile time)")
     p.add_argument("--batch-size", type=int, help="items per batch (default 32)")
     p.add_argument("--num-workers", type=int,
                    help="DataLoader workers for file-based tasks (default: 0 on the CPU, up to 8 on CUDA)")
@@ -287,7 +292,7 @@ def cmd_run(args: argparse.Namespace, *, tasks: list[str] | None = None,
         "embed_cache": False if args.no_embed_cache else args.embed_cache,
         "precision": args.precision,
         "resume": args.resume, "overwrite": args.overwrite, "strict": args.strict, "threads": args.threads,
-        "resize": args.resize,
+        "resize": args.resize, "compile": args.compile,
     }
     config = build_config(file_values, flags)
     check_names(config)  # a misspelt name fails here, before torch and the runner are imported

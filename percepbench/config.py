@@ -30,8 +30,11 @@ from percepbench.errors import PercepbenchError, UsageError
 DEFAULT_TASK = "severity2afc"
 #: the one separator of list values in task and metric options (``families=blur+noise``)
 LIST_SEPARATOR = "+"
-#: ``RunConfig.precision`` values: fp32, or autocast to bfloat16 / float16 (``torch.autocast``)
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``RunConfig.precision`` values: fp32, autocast to bfloat16 / float16 (``torch.autocast``), or int8 dynamic
+#: quantisation of the linear layers of metrics that support it (CPU only)
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+#: the precisions a metric spec lists unless it says otherwise (int8 must be declared: it changes the model)
+AUTOCAST_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -55,8 +58,11 @@ class RunConfig:
     #: embedding cache dir; None: the default (``$PERCEPBENCH_EMBED_CACHE`` or ``<weights cache>/embeddings``);
     #: False: off (each unique image is still embedded only once per run)
     embed_cache: str | bool | None = None
-    #: numeric precision of metric computations: ``fp32`` (default), or ``bf16`` / ``fp16`` autocast
+    #: numeric precision of metric computations: ``fp32`` (default), ``bf16`` / ``fp16`` autocast, or ``int8``
+    #: (dynamic int8 quantisation of the linear layers of the metrics whose spec lists it; CPU only)
     precision: str = "fp32"
+    #: ``torch.compile`` the embedding step of embedding metrics (``--compile``)
+    compile: bool = False
     #: continue the run whose results ``out`` holds: skip its finished (task, metric) pairs (``--resume``)
     resume: bool = False
     #: replace the results ``out`` holds (only percepbench's own files are removed; ``--overwrite``)
@@ -462,9 +468,9 @@ _SETTING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "metric_args": ((dict,), "a mapping {metric: {option: value}}"),
     "task_args": ((dict,), "a mapping {task: {option: value}}"),
     "progress": ((bool,), "true or false"), "embed_cache": ((str, bool), "a path, or false"),
-    "precision": ((str,), "fp32, bf16 or fp16"), "resume": ((bool,), "true or false"),
+    "precision": ((str,), "fp32, bf16, fp16 or int8"), "resume": ((bool,), "true or false"),
     "overwrite": ((bool,), "true or false"), "strict": ((bool,), "true or false"),
-    "threads": ((int,), "an integer"),
+    "threads": ((int,), "an integer"), "compile": ((bool,), "true or false"),
     "resize": ((int, str, list), "a size such as 256 or 256x256, or a list of them and NAME=SIZE entries"),
     "resize_for": ((dict,), "a mapping {'metric:NAME' or 'task:NAME': size}"),
 }

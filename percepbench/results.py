@@ -9,7 +9,7 @@
       "meta": {                       # RunMeta, typed in percepbench.results_schema
         # environment
         "percepbench_version", "git_sha", "torch_version", "python", "platform",
-        "device", "device_name", "cpu_model",
+        "device", "device_name", "cpu_model", "cpu_flags", "world_size",
         # timings (the seconds of each (task, metric) are in protocol[].seconds)
         "started", "finished",
         # settings and what ran

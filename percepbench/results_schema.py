@@ -23,7 +23,7 @@ from typing import Any, Literal, NotRequired, TypedDict, Union
 
 from percepbench.errors import DataError
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
 FailureKind = Literal["data", "weights", "failure"]
 
 
@@ -44,6 +44,11 @@ class Environment(TypedDict):
     device_name: str | None
     #: the host's CPU model name (``model name`` in ``/proc/cpuinfo``; ``platform.processor()`` elsewhere)
     cpu_model: str | None
+    #: the host CPU's features that decide which precisions are fast (``percepbench.cpu_info.SPEED_FLAGS``
+    #: present, e.g. ``["avx2", "avx512f", "avx512_bf16", "amx_tile"]``); empty where unknown or not recorded
+    cpu_flags: list[str]
+    #: processes that computed the run (``torchrun`` ranks; 1 for a plain run); None in older files
+    world_size: int | None
 
 
 class Timings(TypedDict):

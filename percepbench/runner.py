@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 import percepbench
 from percepbench import distributed
 from percepbench.config import RunConfig, resize_for_pair
+from percepbench.cpu_info import cpu_flags, cpu_model, precision_advice
 from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
 from percepbench.errors import DataError, PercepbenchError, UsageError, WeightsError, user_message
 from percepbench.metrics_registry.base import DistanceMetric
+from percepbench.prefetch import prefetched
 from percepbench.registry import METRICS, TASKS
 from percepbench.results import (
     ALL,
@@ -78,20 +80,6 @@ def git_sha() -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
-def cpu_model() -> str | None:
-    """The host CPU's model name: ``model name`` in ``/proc/cpuinfo`` (Linux), else ``platform.processor()``
-    (macOS ``"arm"``/``"i386"``, Windows the full name); None when neither says anything."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def environment(device: torch.device) -> Environment:
     """Where a run runs: versions, platform, the device and its name, the host CPU (``meta``)."""
     cpu = cpu_model()
@@ -108,6 +96,8 @@ def environment(device: torch.device) -> Environment:
         "device": str(device),
         "device_name": name,
         "cpu_model": cpu,
+        "cpu_flags": cpu_flags(),
+        "world_size": distributed.world_size(),
     }
 
 
@@ -136,7 +126,13 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``precision`` ``bf16``/``fp16`` on ``device``; nothing for ``fp32``."""
+    """``torch.autocast`` for ``precision`` ``bf16``/``fp16`` on ``device``; nothing for ``fp32`` and ``int8``
+    (dynamic quantisation changes the model, not the arithmetic context: :func:`build_metric`)."""
+    if precision == "int8":
+        if device.type != "cpu":
+            raise UsageError(f"precision 'int8' (dynamic int8 quantisation) runs on the CPU only, not on "
+                             f"{str(device)!r}; use bf16 or fp16 there")
+        return contextlib.nullcontext()
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in _AUTOCAST_DTYPES:
@@ -320,6 +316,10 @@ def build_metric(spec: MetricSpec, config: RunConfig, device: torch.device) -> D
     if not isinstance(metric, DistanceMetric):
         raise TypeError(f"metric {spec.name!r} built a {type(metric).__name__}, not a DistanceMetric")
     metric = metric.to(device)
+    if metric.computes_in(config.precision) == "int8":
+        metric.quantize_int8()
+    if config.compile and metric.embeds:
+        metric.compile_embedding()
     if args:  # options the user set: a value the metric rejects (ssim:sigma=0) fails now, before anything runs
         side = max(spec.inputs.size or 64, spec.inputs.min_size, 16)
         probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
@@ -459,7 +459,10 @@ def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, conf
         columns = {col: np.empty(len(part), dtype=np.float64) for col, _, _ in task.comparisons}
         done = 0
         with torch.inference_mode(), precision_context(device, config.precision):
-            for batch in tqdm(loader, desc=desc, unit="batch", disable=not config.progress, leave=False):
+            # without worker processes, a thread decodes the next batch while this one computes
+            batches = prefetched(loader, depth=1 if workers == 0 else 0)
+            for batch in tqdm(batches, total=len(loader), desc=desc, unit="batch", disable=not config.progress,
+                              leave=False):
                 n = 0
                 for col, a, b in task.comparisons:
                     d = metric.pairwise(batch[a].to(device, non_blocking=True),
@@ -567,12 +570,14 @@ def embed_files(metric: DistanceMetric, task: Task, spec: MetricSpec, config: Ru
     bad: list[int] = []
     if missing:
         dataset = task.image_dataset([paths[i] for i in missing], loaded_inputs(task, spec, config))
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                            num_workers=resolve_num_workers(config.num_workers, device),
+        workers = resolve_num_workers(config.num_workers, device)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda")
         pos = 0
         with torch.inference_mode(), precision_context(device, config.precision):
-            for batch in tqdm(loader, desc=f"{desc} (embed)", unit="batch", disable=not config.progress, leave=False):
+            batches = prefetched(loader, depth=1 if workers == 0 else 0)  # decode ahead in a thread
+            for batch in tqdm(batches, total=len(loader), desc=f"{desc} (embed)", unit="batch",
+                              disable=not config.progress, leave=False):
                 emb = metric.embed_images(batch.to(device, non_blocking=True)).float().cpu().numpy()
                 rows = missing[pos:pos + len(emb)]
                 store.put(rows, emb)
@@ -958,6 +963,8 @@ def run(config: RunConfig, *, finish: Callable[[RunResults], Any] | None = None)
         TASKS.resolve(name)
     device = resolve_device(config.device)
     precision_context(device, config.precision)  # unsupported precision/device: fail before writing anything
+    if device.type == "cpu" and (advice := precision_advice(config.precision)) and distributed.is_main():
+        log.warning(advice)
     if distributed.launched() and not distributed.is_main():
         config = dataclasses.replace(config, progress=False)  # one set of progress bars: rank 0's
     if not config.progress:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from percepbench.config import PRECISIONS
+from percepbench.config import AUTOCAST_PRECISIONS, PRECISIONS
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*)?$")
 
@@ -180,7 +180,10 @@ class MetricSpec:
     ``torch.autocast``), a metric whose list lacks that precision computes in fp32: autocast is disabled
     around it and its inputs are cast to float32 (:meth:`DistanceMetric.computes_in
     <percepbench.metrics_registry.base.DistanceMetric.computes_in>`). The classical metrics declare
-    ``("fp32",)``: piq's indices and MS-SSIM give NaN in half precision.
+    ``("fp32",)``: piq's indices and MS-SSIM give NaN in half precision. ``"int8"`` (dynamic int8
+    quantisation of the linear layers, ``percepbench run --precision int8`` on the CPU) is never implied: a
+    spec lists it where the metric's class supports it (``DistanceMetric.quantizable``) and its scores under
+    it were measured (DreamSim: ``docs/performance.md``); other metrics compute in fp32 in an int8 run.
     """
 
     name: str
@@ -195,7 +198,7 @@ class MetricSpec:
     licence: str = ""
     citation: str = ""
     default: bool = False
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = AUTOCAST_PRECISIONS
     #: where the metric's gradient is not finite (a loss there gives NaN updates), e.g. ``"identical
     #: images, flat images"``; empty: finite wherever tested (``tests/test_usability.py`` checks both ways)
     nan_gradient: str = ""

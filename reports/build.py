@@ -190,7 +190,7 @@ def _run_info(meta: RunMeta, results: RunResults) -> list[tuple[str, str]]:
         ("percepbench", s(meta["percepbench_version"])),
         ("git sha", s(meta["git_sha"])),
         ("device", s(device)),
-        ("cpu", s(meta["cpu_model"])),
+        ("cpu", s(meta["cpu_model"]) + (f" ({', '.join(meta['cpu_flags'])})" if meta.get("cpu_flags") else "")),
         ("precision", s(meta["precision"])),
         ("torch", s(meta["torch_version"])),
         ("python", s(meta["python"])),

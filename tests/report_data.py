@@ -131,7 +131,7 @@ def make_run(path: str | Path, *, metrics: Sequence[str] = METRICS, subsets: Seq
     meta = {
         "percepbench_version": "0.1.0", "git_sha": "0123456789abcdef0123456789abcdef01234567",
         "torch_version": "2.0.0", "python": "3.11.7", "platform": "Linux-synthetic", "device": "cpu",
-        "device_name": "Synthetic CPU 9000", "cpu_model": "Synthetic CPU 9000",
+        "device_name": "Synthetic CPU 9000", "cpu_model": "Synthetic CPU 9000", "cpu_flags": ["avx2", "fma"], "world_size": 1,
         "started": "2026-01-02T03:04:05+00:00", "finished": "2026-01-02T03:14:05+00:00" if complete else None,
         "precision": "fp32", "seed": seed,
         "config": {"metrics": metrics, "tasks": list(tasks), "out": str(out), "device": None, "batch_size": 32,

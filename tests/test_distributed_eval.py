@@ -90,6 +90,7 @@ def test_offline_default_matches_one_process_and_only_rank0_writes(tmp_path, cle
     assert main(["run", "-m", "psnr,ssim", *SEVERITY, *FAST, "-o", str(tmp_path / "single")]) == 0
     one, two = load_results(tmp_path / "single"), load_results(runs[0])
     assert two.complete and two.meta["failed"] == []
+    assert (one.meta["world_size"], two.meta["world_size"]) == (1, 2)  # the results say how they were computed
     pd.testing.assert_frame_equal(two.records, one.records, check_exact=True)
     pd.testing.assert_frame_equal(two.comparisons, one.comparisons, check_exact=True)
     dist_samples, single = _sorted_samples(runs[0]), _sorted_samples(tmp_path / "single")

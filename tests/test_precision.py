@@ -114,12 +114,12 @@ def test_dreamsim_bf16_run_stays_close_to_fp32(capsys, tmp_path, clean_env):
 
 def test_bad_precision_is_a_usage_error(capsys, tmp_path, clean_env):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--precision", "int8"])
-    assert exc.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+        main(["run", "--precision", "int4"])
+    assert exc.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
     config = tmp_path / "run.yaml"
-    config.write_text("precision: int8\n")
+    config.write_text("precision: int4\n")
     assert main(["run", "-c", str(config), "-o", str(tmp_path / "out")]) == 2
-    assert "precision must be one of fp32, bf16, fp16, got 'int8'" in capsys.readouterr().err
+    assert "precision must be one of fp32, bf16, fp16, int8, got 'int4'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert RunConfig(precision=" BF16 ").precision == "bf16"
 

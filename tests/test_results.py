@@ -36,6 +36,7 @@ def full_meta() -> dict:
     return {
         "percepbench_version": "0.1.0", "git_sha": None, "torch_version": "2.4.0", "python": "3.11.7",
         "platform": "Linux-x", "device": "cpu", "device_name": "Some CPU", "cpu_model": "Some CPU",
+        "cpu_flags": ["avx2", "avx512f"], "world_size": 1,
         "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
         "precision": "bf16", "seed": 3, "config": {"metrics": ["psnr"]},
         "metrics": {"psnr": {"name": "psnr"}}, "tasks": {"t": {"name": "t", "kind": "2afc"}},

@@ -36,4 +36,5 @@ for _variant in VARIANTS:
         licence="MIT (code and weights); backbones: DINO/DINOv2 Apache-2.0, CLIP MIT, OpenCLIP MIT, SynCLR Apache-2.0",
         citation=CITATION,
         default=_variant == "ensemble",
+        precisions=("fp32", "bf16", "fp16", "int8"),
     ))

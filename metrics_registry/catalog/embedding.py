@@ -52,4 +52,5 @@ for _backbone in ("dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16", "din
         licence=_LICENCES[_family],
         citation=_CITATIONS[_family],
         default=_backbone in ("dino_vitb16", "clip_vitb32", "open_clip_vitb32"),
+        precisions=("fp32", "bf16", "fp16", "int8"),
     ))

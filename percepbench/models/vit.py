@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from percepbench.models.configs import (  # noqa: F401  (re-exported: the backbones' public names)
@@ -280,24 +281,64 @@ class Backbone(nn.Module):
                 block.attn.fused_attn = fused
             self._fused_attn = fused
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens at the output of the last block, before the final LayerNorm: (B, 1 + N, D)."""
+    def _block_input(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         self._choose_attention(x)
         x = (x - self.mean) / self.std
         x = m.patch_embed(x)
         x = m._pos_embed(x)
-        x = m.norm_pre(x)
-        return m.blocks(x)
+        return m.norm_pre(x)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens at the output of the last block, before the final LayerNorm: (B, 1 + N, D)."""
+        return self.model.blocks(self._block_input(x))
+
+    def cls_token(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS token at the output of the last block, before the final LayerNorm: (B, D); what
+        ``tokens(x)[:, 0]`` gives. Without autograd (scoring), with less work: :func:`cls_through_block` for
+        the last block. With autograd (training, DreamSim as a loss) every block runs whole, so gradients
+        and their rounding are those of the plain forward pass."""
+        if torch.is_grad_enabled():
+            return self.tokens(x)[:, 0]
+        *first, last = self.model.blocks
+        h = self._block_input(x)
+        for block in first:
+            h = block(h)
+        return cls_through_block(last, h)[:, 0]
 
     def features(self, x: torch.Tensor, kind: Feature) -> torch.Tensor:
-        tokens = self.tokens(x)
         if kind == "cls":
-            return tokens[:, 0]
+            return self.cls_token(x)
         if kind == "cls_patch":
-            return tokens
+            return self.tokens(x)
         if kind == "embedding":
             if self.proj is None:
                 raise ValueError(f"{self.cfg.name} has no projection: 'embedding' is for CLIP backbones")
-            return self.model.norm(tokens[:, 0]) @ self.proj
+            return self.model.norm(self.cls_token(x)) @ self.proj
         raise ValueError(f"unknown feature {kind!r}")
+
+
+def cls_through_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The CLS token (B, 1, D) at the output of a timm ViT ``block`` whose input is ``x`` (B, 1 + N, D).
+
+    A feature read from the CLS token of the last block does not depend on that block's other outputs: the
+    keys and values of every token are computed, but the query, attention output, projection and MLP of the
+    CLS token only (about 6% of a ViT-B forward pass; the same arithmetic per row, so the result matches
+    the full block to float rounding). Blocks of another shape run whole.
+    """
+    attn = getattr(block, "attn", None)
+    parts = ("norm1", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+    if (attn is None or getattr(attn, "gate", None) is not None or not all(hasattr(block, p) for p in parts)
+            or not all(hasattr(attn, p) for p in ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop"))):
+        return block(x)[:, :1]
+    b, n, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q[:, :, :1]), attn.k_norm(k)
+    if attn.fused_attn:
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        a = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    a = attn.proj_drop(attn.proj(attn.norm(a.transpose(1, 2).reshape(b, 1, attn.attn_dim))))
+    cls = x[:, :1] + block.drop_path1(block.ls1(a))
+    return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))
