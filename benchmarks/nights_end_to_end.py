@@ -150,15 +150,45 @@ def run_official(work: Path, nights: Path, weights: Path, args: argparse.Namespa
     script = work / "official_eval.py"
     script.write_text(OFFICIAL)
     out = work / f"official_{k}.json"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(script), str(nights), str(weights), args.variant, str(args.batch_size),
-                    args.device, str(args.official_workers), str(out), str(ROOT / "tests")], check=True,
-                   cwd=work, env=_env(args))
-    wall = time.perf_counter() - t0
+    wall, rss = timed_process([sys.executable, str(script), str(nights), str(weights), args.variant,
+                               str(args.batch_size), args.device, str(args.official_workers), str(out),
+                               str(ROOT / "tests")], work, _env(args))
     res = json.loads(out.read_text())
     order = np.argsort(res["id"])
-    return {"wall_s": wall, "score": res["score"], "inside_s": res["inside_s"],
+    return {"wall_s": wall, "peak_rss_mb": rss, "score": res["score"], "inside_s": res["inside_s"],
             "d0": np.asarray(res["d0"])[order], "d1": np.asarray(res["d1"])[order]}
+
+
+def _high_water_mb(pid: int) -> float | None:
+    """``VmHWM`` of a running process (Linux): the peak resident set of its current program, in MB."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def timed_process(cmd: list[str], cwd: Path, env: dict, quiet: bool = False) -> tuple[float, float | None]:
+    """Run ``cmd``; its wall time (s) and peak RSS (MB), or None where ``/proc`` is absent.
+
+    The peak is the child's ``VmHWM``, read every 0.2 s while it runs (the last reading is within 0.2 s of its
+    exit). Not ``wait4``'s ``ru_maxrss``: Linux carries the parent's peak into a forked child across exec, and
+    this process holds the generated weights. Raises ``CalledProcessError`` when the command fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL if quiet else None)
+    peak = None
+    while proc.poll() is None:
+        hwm = _high_water_mb(proc.pid)
+        if hwm is not None:
+            peak = max(peak or 0.0, hwm)
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return wall, peak
 
 
 def _env(args: argparse.Namespace) -> dict:
@@ -184,14 +214,12 @@ def run_percepbench(work: Path, data_root: Path, weights: Path, setting: str, ar
         cmd.append("--compile")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=work, env=_env(args), stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    wall, rss = timed_process(cmd, work, _env(args), quiet=True)
     results = json.loads((out / "results.json").read_text())
     samples = pd.read_parquet(out / "samples.parquet")
     samples = samples.assign(id=samples["item"].astype(int)).sort_values("id").drop_duplicates("id")
     score = [r for r in results["records"] if r["measure"] == "2afc_accuracy" and r["subset"] == "all"]
-    return {"wall_s": wall, "score": float(score[0]["value"]) / 100 if score else float("nan"),
+    return {"wall_s": wall, "peak_rss_mb": rss, "score": float(score[0]["value"]) / 100 if score else float("nan"),
             "d0": samples["d0"].to_numpy(), "d1": samples["d1"].to_numpy(), "meta": results["meta"]}
 
 
@@ -269,7 +297,8 @@ def main() -> None:
         rows = []
         for name in names:
             walls = [r["wall_s"] for r in runs[name]]
-            row = {"setting": name, "wall_s": walls, "median_s": statistics.median(walls), "min_s": min(walls),
+            rss = [r["peak_rss_mb"] for r in runs[name] if r.get("peak_rss_mb") is not None]
+            row = {"setting": name, "wall_s": walls, "peak_rss_mb": max(rss) if rss else None, "median_s": statistics.median(walls), "min_s": min(walls),
                    "max_s": max(walls), "score": [r["score"] for r in runs[name]],
                    "images_embedded": (4 if name == "official" else 3) * args.triplets}
             if name != "official":
@@ -327,16 +356,17 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "ratio = official / setting in the same round, median over rounds; agreement = share of triplets with "
         "the same 2AFC decision as the official procedure (worst round).", "",
         "| setting | images embedded | wall s, median (min-max) | speed-up vs official | 2AFC score | "
-        "decision agreement | max abs distance diff |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "decision agreement | max abs distance diff | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = f"{r['median_ratio']:.2f}x" if "median_ratio" in r else "1"
         agree = f"{100 * r['decision_agreement']:.1f}%" if "decision_agreement" in r else "-"
         diff = f"{r['max_abs_distance_diff']:.1e}" if "max_abs_distance_diff" in r else "-"
         same = " (identical)" if r.get("identical_score") else ""
+        rss = f"{r['peak_rss_mb']:,.0f}" if r.get("peak_rss_mb") else "-"
         lines.append(f"| {r['setting']} | {r['images_embedded']} | {r['median_s']:.1f} ({r['min_s']:.1f}-"
-                     f"{r['max_s']:.1f}) | {ratio} | {r['score'][0]:.4f}{same} | {agree} | {diff} |")
+                     f"{r['max_s']:.1f}) | {ratio} | {r['score'][0]:.4f}{same} | {agree} | {diff} | {rss} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,12 +24,22 @@ def test_vit_formula_matches_torch_flop_counter_plus_attention():
     from percepbench.models.dreamsim import build_dreamsim, zero_shot_variant
 
     model = build_dreamsim(zero_shot_variant("dino_vits16"), pretrained=False, progress=False)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.embed(torch.rand(1, 3, 224, 224))
+    x = torch.rand(1, 3, 224, 224)
+    # with autograd on (no weight requires a gradient, so no graph is kept) every block runs whole: the
+    # formula's model FLOPs; without it the last block computes the CLS row only (models/vit.py)
+    with FlopCounterMode(display=False) as counter:
+        model.embed(x)
     cfg = BACKBONES["dino_vits16"]
     t = (224 // cfg.patch_size) ** 2 + 1
     attention = cfg.depth * 2 * 2 * t * t * cfg.width / 1e9
     assert vit_gflop("dino_vits16") == pytest.approx(counter.get_total_flops() / 1e9 + attention, rel=1e-3)
+    with torch.no_grad(), FlopCounterMode(display=False) as scoring:
+        model.embed(x)
+    d, hidden = cfg.width, 4 * cfg.width
+    # the last block skips the output projection and the MLP of the T - 1 patch tokens (its fused qkv layer
+    # still computes every token's query, key and value)
+    skipped = 2 * (t - 1) * (d * d + 2 * d * hidden) / 1e9
+    assert scoring.get_total_flops() / 1e9 == pytest.approx(counter.get_total_flops() / 1e9 - skipped, rel=1e-3)
 
 
 def test_dreamsim_ensemble_is_three_vit_b16():

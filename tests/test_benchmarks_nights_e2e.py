@@ -53,6 +53,8 @@ def test_end_to_end_benchmark_runs_both_procedures_on_the_same_files(tmp_path):
     assert 0 < int8["max_abs_distance_diff"] < 0.05  # quantised: close, not equal
     for name in ("fp32", "int8"):
         assert rows[name]["ratios"][0] == pytest.approx(rows["official"]["wall_s"][0] / rows[name]["wall_s"][0])
+    assert all(r["peak_rss_mb"] > 100 for r in rows.values())  # each process's own peak (VmHWM), torch loaded
+    assert len({r["peak_rss_mb"] for r in rows.values()}) == 3  # not the parent's peak carried into each child
     run = json.loads((work / "run_int8_0" / "results.json").read_text())
     assert run["meta"]["precision"] == "int8" and run["meta"]["protocol"][0]["precision"] == "int8"
 
