@@ -3,8 +3,9 @@
 Writes random weights in the official on-disk formats to a temporary cache dir, builds both models from it,
 checks they agree, and times ``embed`` (images/s) for the ensemble and ``dino_vitb16`` at batch 1/16/64:
 fp32 and bf16 autocast on the CPU, and the same on CUDA when a GPU is present (``bf16+compile``: also
-``torch.compile`` on percepbench's side; the official model is never compiled). Ratios are official time /
-our time from the same run (> 1: percepbench is faster). Each row also gives the achieved model GFLOP/s
+``torch.compile`` on percepbench's side; the official model is never compiled). Times are the median of
+``--repeats`` calls, ours and official interleaved, each after a warm-up; ratios are official median / our
+median from the same run (> 1: percepbench is faster). Each row also gives the achieved model GFLOP/s
 (images/s x the variant's GFLOP per image by formula, ``benchmarks/compute_rate.py``) and, with
 ``--peak-tflops`` (on H100/H200 bf16 rows 790 by default, the measured dense bf16 rate), its fraction of peak.
 Usage::
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -40,20 +42,30 @@ from dreamsim_official import official_model, write_official_cache
 BF16_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 
 
-def timed(fn, x, repeats: int, device: torch.device) -> float:
-    """Best-of-``repeats`` seconds for one call, after one warm-up call."""
-    with torch.no_grad():
+def timed_pair(ours, theirs, x, repeats: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``ours(x)`` and ``theirs(x)``, ``repeats`` of each, interleaved, after one warm-up each.
+
+    Interleaving (ours, theirs, ours, theirs, ...) puts both models under the same machine state in every
+    round, so the ratio of the medians is not skewed by a slow spell hitting one of them only.
+    """
+    def once(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
         fn(x)
-        best = float("inf")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    t_ours: list[float] = []
+    t_theirs: list[float] = []
+    with torch.no_grad():
+        ours(x)
+        theirs(x)
         for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return best
+            t_ours.append(once(ours))
+            t_theirs.append(once(theirs))
+    return t_ours, t_theirs
 
 
 def main() -> None:
@@ -109,13 +121,15 @@ def main() -> None:
                         err = ((run(ours).float() - theirs.embed(x).float()).abs().max().item()
                                if b <= 16 else None)
 
-                    t_ours = timed(lambda x, m=ours: run(m, x), x, args.repeats, device)
-                    t_theirs = timed(lambda x, m=theirs: run(m, x), x, args.repeats, device)
+                    times_ours, times_theirs = timed_pair(lambda x, m=ours: run(m, x),
+                                                          lambda x, m=theirs: run(m, x), x, args.repeats, device)
+                    t_ours, t_theirs = statistics.median(times_ours), statistics.median(times_theirs)
                     gflops = b / t_ours * flops_per_image(variant)
                     row = {"variant": variant, "device": str(device),
                            "dtype": ("bf16-autocast" if dtype else "fp32") + ("+compile" if compiled else ""),
                            "batch": b, "ours_img_s": b / t_ours, "official_img_s": b / t_theirs,
-                           "ratio": t_theirs / t_ours, "max_abs_embed_diff": err, "ours_model_gflops": gflops,
+                           "ratio": t_theirs / t_ours,
+                           "ours_s": times_ours, "official_s": times_theirs, "max_abs_embed_diff": err, "ours_model_gflops": gflops,
                            "peak_tflops": peak, "fraction_of_peak": gflops / (peak * 1000) if peak else None}
                     rows.append(row)
                     print(f"{variant:12s} {row['device']:5s} {row['dtype']:13s} batch {b:3d}: ours "
