@@ -624,10 +624,7 @@ def compute_distances_from_embeddings(
     if gathered is None:
         return None, None
     rows, counts = gathered
-    stats: EmbeddingStats = {**counts[0], "unique_images": len(unique)}
-    for key in ("from_cache", "embedded", "corrupt_entries_replaced"):
-        if key in stats:
-            stats[key] = sum(c.get(key, 0) for c in counts)  # type: ignore[literal-required]
+    stats = _merged_counts(counts, len(unique))
     table = torch.from_numpy(rows["embedding"]) if unique else torch.empty(0, 0)
     idx = torch.tensor([[index[p] for p in row] for row in per_item], dtype=torch.long).reshape(len(per_item), -1)
     columns: dict[str, np.ndarray] = {}
@@ -640,6 +637,15 @@ def compute_distances_from_embeddings(
                 out.append(metric.embedding_distance(ea, eb).float().reshape(-1).cpu())
             columns[col] = (torch.cat(out) if out else torch.empty(0)).numpy().astype(np.float64)
     return columns, stats
+
+
+def _merged_counts(counts: list[EmbeddingStats], unique_images: int) -> EmbeddingStats:
+    """The embedding counts of every rank (one entry in a single process) as one run's counts."""
+    stats: EmbeddingStats = {**counts[0], "unique_images": unique_images}
+    for key in ("from_cache", "embedded", "corrupt_entries_replaced"):
+        if key in stats:
+            stats[key] = sum(c.get(key, 0) for c in counts)  # type: ignore[literal-required]
+    return stats
 
 
 # ------------------------------------------------------------------------------------ set-level (retrieval)
@@ -672,27 +678,45 @@ def _non_finite(what: str, metric: str, ids: list[str], precision: str) -> NonFi
 
 def rank_gallery(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device,
                  desc: str, *, file_hashes: dict[str, str], scratch: Path
-                 ) -> tuple[np.ndarray, np.ndarray, EmbeddingStats | None, dict[str, Any]]:
+                 ) -> tuple[np.ndarray, np.ndarray, EmbeddingStats | None, dict[str, Any]] | None:
     """The top-``task.k`` gallery positions and distances of every query of a set-level task.
 
     Embedding metrics: every image of the task embedded once (:func:`embed_files`, into a memory-mapped
     matrix in ``scratch``), then :func:`percepbench.search.search` (faiss, exact by default, re-ranked with
     the metric's ``embedding_distance``; ties by image id). Other metrics: :func:`rank_pairwise`.
     Returns ``(positions, distances, embedding stats or None, search info)``.
+
+    Under ``torchrun`` each rank embeds the images of its shard (by path, through the shared embedding cache;
+    in memory, so ranks need no shared scratch folder) and rank 0 gathers the embeddings by path and searches
+    (the search is cheap next to the embedding); pairwise metrics shard the queries. Ranks other than 0 return
+    None.
     """
     from percepbench.search import search
 
     computed_in = metric.computes_in(config.precision)
     if not ranks_with_embeddings(metric, task, spec):
-        positions, distances, info = rank_pairwise(metric, task, spec, config, device, desc)
-        return positions, distances, None, info
+        return rank_pairwise(metric, task, spec, config, device, desc)
     paths = task.image_files()
-    store = EmbeddingMatrix(len(paths), scratch / f"{uuid.uuid4().hex}.npy")
-    try:
-        stats, bad = embed_files(metric, task, spec, config, device, desc, paths, store, file_hashes=file_hashes)
-        if bad:
-            raise _non_finite("image embeddings are", spec.name, [paths[i] for i in bad], computed_in)
-        matrix = store.finish()
+    with contextlib.ExitStack() as stack:
+        def shard(positions: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[EmbeddingStats, list[str]]]:
+            # one process: a memory-mapped matrix in the run's scratch folder, so a large gallery is never
+            # held in memory; a rank: its shard in memory, sent to rank 0
+            whole = not distributed.active()
+            store = EmbeddingMatrix(len(positions), scratch / f"{uuid.uuid4().hex}.npy" if whole else None)
+            stack.callback(store.close)
+            mine = [paths[i] for i in positions]
+            counts, bad = embed_files(metric, task, spec, config, device, desc, mine, store, file_hashes=file_hashes)
+            return {"embedding": store.finish()}, (counts, [mine[i] for i in bad])
+
+        gathered = distributed.sharded(paths, shard, check=_weights_digest(metric), what="images")
+        if gathered is None:
+            return None
+        columns, extras = gathered
+        bad_paths = [p for _, bad in extras for p in bad]
+        if bad_paths:
+            raise _non_finite("image embeddings are", spec.name, sorted(bad_paths), computed_in)
+        stats = _merged_counts([counts for counts, _ in extras], len(paths))
+        matrix = columns.get("embedding", np.zeros((len(paths), 0), dtype=np.float32))
         space = embedding_space(metric)
         options = task.search
 
@@ -703,13 +727,14 @@ def rank_gallery(metric: DistanceMetric, task: Task, spec: MetricSpec, config: R
                         distance=distance, space=space, exclude=task.self_in_gallery, index=options["index"],
                         nprobe=options["nprobe"], ef_search=options["ef_search"], device=device,
                         seed=config.seed, progress=config.progress, desc=f"{desc} (search)")
-    finally:
-        store.close()
     if not np.isfinite(result.distances).all():
         rows = np.flatnonzero(~np.isfinite(result.distances).all(axis=1))
         raise _non_finite("queries have distances that are", spec.name,
                           [str(task.items["item"].iloc[i]) for i in rows], computed_in)
-    return result.positions, result.distances, stats, result.info
+    info = dict(result.info)
+    if distributed.active():
+        info["embedded_by_ranks"] = distributed.world_size()
+    return result.positions, result.distances, stats, info
 
 
 class _Rows:
@@ -731,59 +756,79 @@ def _held_images(task: Task, positions: np.ndarray, inputs: Any) -> torch.Tensor
 
 
 def rank_pairwise(metric: DistanceMetric, task: Task, spec: MetricSpec, config: RunConfig, device: torch.device,
-                  desc: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                  desc: str) -> tuple[np.ndarray, np.ndarray, None, dict[str, Any]] | None:
     """Top-k by evaluating the metric on every (query, gallery image) pair, for metrics without embeddings.
 
     Queries are held in memory in blocks of at most :data:`HELD_IMAGES` images; for each block the gallery
     images are streamed through a ``DataLoader`` and every (query, gallery) pair is evaluated in batches of
     ``--batch-size`` pairs. The Q x G distance matrix (at most ``max_pairs`` values, checked before the run
     by :func:`check_pair_limits`) is ranked with ties broken by image id.
+
+    Under ``torchrun`` each rank ranks the queries of its shard (by query id) against the whole gallery and
+    rank 0 gathers the top-k rows by id; the other ranks return None.
     """
     from percepbench.search import tie_key
 
     t0 = time.perf_counter()
     inputs = loaded_inputs(task, spec, config)
     queries, gallery = task.query_images, task.gallery_images
-    nq, ng = len(queries), len(gallery)
-    dist = np.empty((nq, ng), dtype=np.float64)
+    ng = len(gallery)
     gallery_data = task.image_dataset(task.images["path"].to_numpy()[gallery].tolist(), inputs)
     workers = resolve_num_workers(config.num_workers, device)
-    bar = tqdm(total=nq * ng, desc=f"{desc} (pairs)", unit="pair", unit_scale=True, disable=not config.progress,
-               leave=False)
-    with torch.inference_mode(), precision_context(device, config.precision):
-        for qs in range(0, nq, HELD_IMAGES):
-            held = _held_images(task, queries[qs:qs + HELD_IMAGES], inputs).to(device)
-            h = held.shape[0]
-            loader = DataLoader(gallery_data, batch_size=max(1, config.batch_size), shuffle=False,
-                                num_workers=workers, pin_memory=device.type == "cuda")
-            gs = 0
-            for batch in loader:
-                batch = batch.to(device, non_blocking=True)
-                b = batch.shape[0]
-                a_idx = torch.arange(h, device=device).repeat_interleave(b)
-                b_idx = torch.arange(b, device=device).repeat(h)
-                out = []
-                for s in range(0, h * b, max(1, config.batch_size)):
-                    sl = slice(s, s + max(1, config.batch_size))
-                    d = metric.pairwise(held[a_idx[sl]], batch[b_idx[sl]])
-                    out.append(d.detach().float().reshape(-1).cpu())
-                dist[qs:qs + h, gs:gs + b] = torch.cat(out).numpy().reshape(h, b)
-                gs += b
-                bar.update(h * b)
-    bar.close()
-    bad = ~np.isfinite(dist)
-    bad[np.arange(nq)[task.self_in_gallery >= 0], task.self_in_gallery[task.self_in_gallery >= 0]] = False
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        raise _non_finite("queries have distances that are", spec.name,
-                          [str(task.items["item"].iloc[i]) for i in rows], metric.computes_in(config.precision))
-    own = task.self_in_gallery >= 0
-    dist[np.flatnonzero(own), task.self_in_gallery[own]] = np.inf  # leave-one-out
-    order = np.lexsort((np.broadcast_to(np.arange(ng), dist.shape), tie_key(dist)), axis=1)[:, :task.k]
+    query_ids = [str(i) for i in task.items["item"]]
+
+    def shard(rows: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+        nq = len(rows)
+        dist = np.empty((nq, ng), dtype=np.float64)
+        bar = tqdm(total=nq * ng, desc=f"{desc} (pairs)", unit="pair", unit_scale=True,
+                   disable=not config.progress, leave=False)
+        with torch.inference_mode(), precision_context(device, config.precision):
+            for qs in range(0, nq, HELD_IMAGES):
+                held = _held_images(task, queries[rows[qs:qs + HELD_IMAGES]], inputs).to(device)
+                h = held.shape[0]
+                loader = DataLoader(gallery_data, batch_size=max(1, config.batch_size), shuffle=False,
+                                    num_workers=workers, pin_memory=device.type == "cuda")
+                gs = 0
+                for batch in loader:
+                    batch = batch.to(device, non_blocking=True)
+                    b = batch.shape[0]
+                    a_idx = torch.arange(h, device=device).repeat_interleave(b)
+                    b_idx = torch.arange(b, device=device).repeat(h)
+                    out = []
+                    for s in range(0, h * b, max(1, config.batch_size)):
+                        sl = slice(s, s + max(1, config.batch_size))
+                        d = metric.pairwise(held[a_idx[sl]], batch[b_idx[sl]])
+                        out.append(d.detach().float().reshape(-1).cpu())
+                    dist[qs:qs + h, gs:gs + b] = torch.cat(out).numpy().reshape(h, b)
+                    gs += b
+                    bar.update(h * b)
+        bar.close()
+        own = task.self_in_gallery[rows]
+        bad = ~np.isfinite(dist)
+        bad[np.flatnonzero(own >= 0), own[own >= 0]] = False
+        dist[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf  # leave-one-out
+        order = np.lexsort((np.broadcast_to(np.arange(ng), dist.shape), tie_key(dist)), axis=1)[:, :task.k]
+        return ({"positions": order, "distances": np.take_along_axis(dist, order, axis=1)},
+                [query_ids[rows[i]] for i in np.flatnonzero(bad.any(axis=1))])
+
+    gathered = distributed.sharded(query_ids, shard, check=_weights_digest(metric), what="queries")
+    if gathered is None:
+        return None
+    columns, bad_queries = gathered
+    bad_ids = [q for part in bad_queries for q in part]
+    if bad_ids:
+        order = {q: i for i, q in enumerate(query_ids)}
+        raise _non_finite("queries have distances that are", spec.name, sorted(bad_ids, key=order.__getitem__),
+                          metric.computes_in(config.precision))
+    nq = len(queries)
     info = {"backend": "pairwise (the metric on every query x gallery pair)", "index": "exact",
             "queries": nq, "gallery": ng, "k": task.k, "pairs": nq * ng,
             "seconds": round(time.perf_counter() - t0, 3)}
-    return order, np.take_along_axis(dist, order, axis=1), info
+    if distributed.active():
+        info["queries_sharded_over_ranks"] = distributed.world_size()
+    positions = columns.get("positions", np.zeros((nq, min(task.k, ng)), dtype=np.int64))
+    distances = columns.get("distances", np.zeros((nq, min(task.k, ng)), dtype=np.float64))
+    return positions, distances, None, info
 
 
 #: how ``meta.protocol`` labels a load size a task fixed for native-size metrics (unless it has ``resize_note``)
@@ -1136,11 +1181,11 @@ def _score(config: RunConfig, device: torch.device, tasks: list[tuple[TaskSpec, 
                 metric = metrics[mspec.name]
                 desc = f"{tspec.name} · {mspec.name}"
                 if getattr(task, "set_level", False):
-                    if not distributed.is_main():  # retrieval is not sharded: rank 0 ranks the gallery alone
+                    ranked = rank_gallery(metric, task, mspec, config, device, desc, file_hashes=file_hashes,
+                                          scratch=out / SCRATCH_DIR)
+                    if ranked is None:  # torchrun: rank 0 gathered this rank's part and ranks the queries
                         continue
-                    positions, distances, embedding_stats, search_info = rank_gallery(
-                        metric, task, mspec, config, device, desc, file_hashes=file_hashes,
-                        scratch=out / SCRATCH_DIR)
+                    positions, distances, embedding_stats, search_info = ranked
                     dists = task.ranking_columns(positions, distances)
                 elif _embedding_path_usable(metric, task, mspec):
                     dists, embedding_stats = compute_distances_from_embeddings(

@@ -1,6 +1,6 @@
 """Distributed evaluation (``torchrun``, 2 CPU processes over gloo): the same records and per-item samples as
-one process, only rank 0 writes, the shared embedding cache holds each image once, and a failing rank is
-named while what was written stays readable.
+one process (2AFC items, file tasks with embeddings, retrieval rankings), only rank 0 writes, the shared
+embedding cache holds each image once, and a failing rank is named while what was written stays readable.
 
 The oracle of every comparison is a single-process ``percepbench run`` of the same settings; sharding and
 gathering by id are also checked on their own (:func:`percepbench.distributed.shard_positions`).
@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from percepbench.cli import main
 from percepbench.distributed import id_keys, shard_positions
 from percepbench.results import load_results
 
-from layouts import make_csv_table
+from layouts import make_csv_table, write_png
 
 TESTS = Path(__file__).resolve().parent
 SEVERITY = ["-t", "severity2afc", "--task-args", "severity2afc:per_family=3,size=32"]
@@ -142,6 +143,53 @@ def test_file_task_with_embedding_metric_matches_one_process(tmp_path, clean_env
     assert cached.meta["protocol"][0]["embedding"]["from_cache"] == 8
     c = _sorted_samples(tmp_path / "cached")
     np.testing.assert_allclose(c[["d0", "d1"]].to_numpy(), b[["d0", "d1"]].to_numpy(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ retrieval
+
+
+def _classes(root: Path) -> Path:
+    """3 classes x 3 images: a class colour plus seeded noise (no two distances tie)."""
+    for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        for k in range(3):
+            write_png(root / f"class{c}" / f"{k}.png", tuple(v + 12 * k for v in colour), 16, noise=30, seed=3 * c + k)
+    return root
+
+
+@pytest.mark.slow
+def test_retrieval_matches_one_process(tmp_path, clean_env):
+    """Embedding metric: each rank embeds its share of the images, rank 0 searches; pairwise metric: each
+    rank ranks its share of the queries against the whole gallery. Same rankings as one process."""
+    folder = _classes(tmp_path / "imgs")
+    task = ["-t", "retrieval_folder", "--task-args", f"retrieval_folder:path={folder},ks=1+2"]
+    cache = tmp_path / "embed-cache"
+    res = torchrun(["run", "-m", "psnr,dino.vits16", "--metric-args", "dino.vits16:pretrained=false", *task, *FAST,
+                    "--embed-cache", str(cache), "-o", str(tmp_path / "dist")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert main(["run", "-m", "psnr,dino.vits16", "--metric-args", "dino.vits16:pretrained=false", *task, *FAST,
+                 "--no-embed-cache", "-o", str(tmp_path / "single")]) == 0
+    dist, single = load_results(tmp_path / "dist"), load_results(tmp_path / "single")
+    assert dist.complete and dist.meta["failed"] == [] and dist.meta["world_size"] == 2
+    protocol = {p["metric"]: p for p in dist.meta["protocol"]}
+    # every image embedded once, by one of the two ranks, into the shared cache
+    assert (protocol["dino.vits16"]["embedding"]["embedded"], len(list(cache.rglob("*.npy")))) == (9, 9)
+    assert protocol["dino.vits16"]["search"]["embedded_by_ranks"] == 2
+    assert protocol["psnr"]["search"]["queries_sharded_over_ranks"] == 2
+    assert protocol["psnr"]["search"]["pairs"] == 9 * 9
+
+    a, b = _sorted_samples(tmp_path / "dist"), _sorted_samples(tmp_path / "single")
+    assert len(a) == 2 * 9  # two metrics x 9 queries: none lost or repeated
+    assert [list(x) for x in a["topk_ids"]] == [list(x) for x in b["topk_ids"]]
+    np.testing.assert_allclose(np.stack(a["topk_distances"].to_numpy()), np.stack(b["topk_distances"].to_numpy()),
+                               rtol=0, atol=1e-6)
+    # PSNR's top 2 of each query by hand: the two other images with the smallest mean squared error
+    pixels = {f.relative_to(folder).as_posix(): np.asarray(Image.open(f).convert("RGB"), dtype=np.float64)
+              for f in sorted(folder.rglob("*.png"))}
+    psnr = a[a["metric"] == "psnr"].set_index("item")
+    for query, x in pixels.items():
+        mse = {other: ((x - y) ** 2).mean() for other, y in pixels.items() if other != query}
+        assert list(psnr.loc[query, "topk_ids"]) == sorted(mse, key=mse.__getitem__)[:2]
+    pd.testing.assert_frame_equal(dist.records, single.records, check_exact=False, rtol=0, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------ a failing rank
