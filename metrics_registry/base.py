@@ -163,28 +163,23 @@ class DistanceMetric(Metric):
         return precision if precision in supported else "fp32"
 
     def quantize_int8(self) -> DistanceMetric:
-        """Dynamic int8 quantisation, in place, of every ``nn.Linear`` of this metric (CPU only; returns self).
+        """Int8 quantisation, in place, of every ``nn.Linear`` of this metric (CPU only; returns self).
 
-        Weights become int8 per output channel; activations are quantised per batch at run time
-        (``torch.ao.quantization.quantize_dynamic``, fbgemm/x86 kernels, which use VNNI or AMX where the CPU
-        has them). Attention products, LayerNorm and GELU stay fp32. For scoring only: the quantised layers
-        carry no gradient. ``percepbench run --precision int8`` calls it for metrics whose spec lists
-        ``"int8"``; what it costs in agreement with fp32 is measured in ``docs/performance.md``.
+        :class:`percepbench.int8.Int8Linear`: int8 weights per output channel, activations quantised per row
+        (token) at run time, exact int32 products (VNNI or AMX where the CPU has them), so an image's result
+        does not depend on the batch it is in. Attention products, LayerNorm and GELU stay fp32. For scoring
+        only: the quantised layers carry no gradient. ``percepbench run --precision int8`` calls it for
+        metrics whose spec lists ``"int8"``; what it costs in agreement with fp32 is measured in
+        ``docs/performance.md``.
         """
-        import warnings
+        from percepbench.int8 import quantize_linears
 
         if not self.quantizable:
             raise TypeError(f"{type(self).__name__} does not support int8 dynamic quantisation")
         if self.device.type != "cpu":
             raise ValueError(f"int8 dynamic quantisation runs on the CPU only; this metric is on {self.device}")
-        try:
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-        except ImportError as exc:  # torch moved it to torchao; say so rather than fail obscurely
-            raise RuntimeError(f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic "
-                               "(moved to torchao upstream); use --precision fp32 or bf16") from exc
-        with warnings.catch_warnings():  # torch marks its eager quantisation API as deprecated (torchao)
-            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
-            quantize_dynamic(self, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        if not quantize_linears(self):
+            raise TypeError(f"{type(self).__name__} has no nn.Linear layer to quantise")
         return self
 
     def compile_embedding(self, **options: Any) -> DistanceMetric:

@@ -95,6 +95,10 @@ def metric_fingerprint(metric: Any, spec: Any, options: dict[str, Any], *,
     }
     if precision != "fp32":
         description["precision"] = precision
+    if precision == "int8":  # how the int8 layers compute is part of what an embedding is
+        from percepbench.int8 import SCHEME
+
+        description["int8_scheme"] = SCHEME
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
     return digest[:32], description
 

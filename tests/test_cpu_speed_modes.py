@@ -55,7 +55,59 @@ def test_which_precisions_are_native(flags, bf16, int8):
 # ------------------------------------------------------------------------------------------------- int8
 
 
+def _int8_linear_by_hand(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The int8 product in numpy: symmetric per-row scales for x, per-output-channel scales for w (float32
+    like the module, half-to-even rounding), integer matmul in int64, then rescaled."""
+    def quantise(a):
+        scale = np.abs(a).max(axis=1, keepdims=True).astype(np.float32) / np.float32(127)
+        return np.clip(np.round(a / scale), -127, 127).astype(np.int64), scale
+
+    qx, sx = quantise(x.astype(np.float32))
+    qw, sw = quantise(w.astype(np.float32))
+    return (qx @ qw.T).astype(np.float64) * sx.astype(np.float64) * sw.reshape(1, -1).astype(np.float64) + b
+
+
+def test_int8_linear_matches_a_hand_computation():
+    from percepbench.int8 import BLOCK_ROWS, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    x = torch.randn(2, 300, 96) * torch.linspace(0.01, 30, 300).reshape(1, 300, 1)  # rows of very different scale
+    assert 600 > BLOCK_ROWS  # the 2 x 300 rows cross a block boundary
+    got = Int8Linear(linear)(x)
+    assert got.shape == (2, 300, 40) and got.dtype == torch.float32
+    want = _int8_linear_by_hand(x.reshape(-1, 96).numpy(), linear.weight.detach().numpy(), linear.bias.detach().numpy())
+    np.testing.assert_allclose(got.reshape(-1, 40).numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # and close to the fp32 layer: per-row scales keep the small rows as accurate as the large ones
+    ref = linear(x).detach()
+    rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+    assert rel < 0.02, rel
+    # bf16 in, bf16 out; a row holding a NaN gives a NaN row, the others are unaffected
+    assert Int8Linear(linear)(x.bfloat16()).dtype == torch.bfloat16
+    bad = x.clone()
+    bad[0, 5, 3] = float("nan")
+    out = Int8Linear(linear)(bad)
+    assert torch.isnan(out[0, 5]).all() and torch.equal(out[0, 6:], got[0, 6:]) and torch.equal(out[1], got[1])
+
+
+def test_int8_rows_do_not_depend_on_their_batch():
+    """Each row (token) is quantised on its own and the int32 product is exact: a row's output is the same
+    whichever rows share its batch (torch's quantize_dynamic used one scale for the whole batch)."""
+    from percepbench.int8 import Int8Linear
+
+    torch.manual_seed(1)
+    layer = Int8Linear(torch.nn.Linear(64, 32))
+    x = torch.randn(700, 64)
+    x[:10] *= 1000  # large rows in the batch must not coarsen the others
+    whole = layer(x)
+    parts = torch.cat([layer(x[i:i + 37]) for i in range(0, 700, 37)])
+    assert torch.equal(whole, parts)
+    assert torch.equal(layer(x[500:501]), whole[500:501])
+
+
 def test_int8_quantises_every_linear_layer_and_stays_close():
+    from percepbench.int8 import Int8Linear
+
     torch.manual_seed(0)
     metric = DreamSimMetric(variant="dino_vitb16", pretrained=False, reduction="none")
     linear = sum(isinstance(m, torch.nn.Linear) for m in metric.modules())
@@ -63,14 +115,45 @@ def test_int8_quantises_every_linear_layer_and_stays_close():
     with torch.inference_mode():
         fp32 = metric.embed(x)
     metric.quantize_int8()
-    quantised = [m for m in metric.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    quantised = [m for m in metric.modules() if isinstance(m, Int8Linear)]
     assert linear == 12 * 4 and len(quantised) == linear  # qkv, proj, fc1, fc2 of 12 blocks
     assert not any(type(m) is torch.nn.Linear for m in metric.modules())
     with torch.inference_mode():
         int8 = metric.embed(x)
+        # an image's embedding does not depend on its batch (up to fp32 rounding in attention and LayerNorm)
+        alone = torch.cat([metric.embed(x[i:i + 1]) for i in range(4)])
     assert not torch.equal(int8, fp32)
     cos = torch.nn.functional.cosine_similarity(int8, fp32, dim=-1)
     assert (cos > 0.99).all(), cos
+    np.testing.assert_allclose(alone.numpy(), int8.numpy(), rtol=0, atol=1e-5)
+
+
+def test_int8_leaves_lora_adapters_and_attention_projections_in_fp32():
+    """peft's ``lora_A``/``lora_B`` stay fp32 (an unmerged adapter still adds its term), and so does
+    ``nn.MultiheadAttention``'s ``out_proj``, which its owner reads as a weight."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from percepbench.int8 import Int8Linear, quantize_linears
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    net = inject_adapter_in_model(LoraConfig(r=4, target_modules=["fc"], init_lora_weights=False), Net())
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        ref = net(x)
+        assert quantize_linears(net) == 1
+        out = net(x)
+    assert isinstance(net.fc.base_layer, Int8Linear)
+    assert type(net.fc.lora_A["default"]) is torch.nn.Linear and type(net.attn.out_proj) is not Int8Linear
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.02)
 
 
 def test_int8_is_declared_per_metric():
