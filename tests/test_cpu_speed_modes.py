@@ -73,7 +73,7 @@ def test_int8_linear_matches_a_hand_computation():
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
     x = torch.randn(2, 300, 96) * torch.linspace(0.01, 30, 300).reshape(1, 300, 1)  # rows of very different scale
-    assert 600 > BLOCK_ROWS  # the 2 x 300 rows cross a block boundary
+    assert BLOCK_ROWS < 600  # the 2 x 300 rows cross a block boundary
     got = Int8Linear(linear)(x)
     assert got.shape == (2, 300, 40) and got.dtype == torch.float32
     want = _int8_linear_by_hand(x.reshape(-1, 96).numpy(), linear.weight.detach().numpy(), linear.bias.detach().numpy())
