@@ -12,9 +12,12 @@ the growth over the worker's memory after its imports, split into anonymous and 
 "Bounded" means the growth does not scale with N beyond the per-item results themselves (a few float64
 columns and ids per triplet): the images are decoded batch by batch by the DataLoader and never held.
 
-Usage: ``python benchmarks/memory_scale.py [--sizes 2000,20000] [--pool 2000] [--metrics psnr]
-[--out docs/benchmarks] [--workdir DIR] [--batch-size 32] [--n-boot 1000]``. Writes ``memory_scale.json``
-and ``memory_scale.md`` into ``--out``.
+Every size runs ``--runs`` times, in interleaved rounds (every size once per round); the table shows the
+median of each number over the rounds (wall seconds and peak RSS also as min-max), the JSON every run.
+
+Usage: ``python benchmarks/memory_scale.py [--sizes 2000,20000,100000] [--pool 2000] [--metrics psnr]
+[--out docs/benchmarks] [--workdir DIR] [--batch-size 32] [--n-boot 1000] [--runs 3]``. Writes
+``memory_scale.json`` and ``memory_scale.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retrieval_scale import MemoryWatch, environment
+from retrieval_scale import MemoryWatch, environment, median_of_runs
 
 
 def make_pool(folder: Path, n: int, seed: int) -> list[str]:
@@ -102,15 +105,30 @@ def in_subprocess(job: dict[str, Any], workdir: Path, name: str) -> dict[str, An
     return json.loads(result_file.read_text())
 
 
+def _runs_text(runs: int) -> str:
+    if runs == 1:
+        return "One run per size; every row is a separate process."
+    return (f"Median of {runs} runs per size in interleaved rounds (every size once per round; wall s and peak "
+            "RSS also min-max); every run is a separate process.")
+
+
+def _spread(row: dict[str, Any], key: str, digits: int) -> str:
+    text = f"{row[key]:,.{digits}f}"
+    if len(row.get("runs", [])) < 2:
+        return text
+    low, high = row["ranges"][key]
+    return f"{text} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, rows = result["environment"], result["runs"]
     lines = [
         f"# Peak memory of `percepbench run` as a 2AFC set grows ({', '.join(result['metrics'])})",
         "",
         f"Script: `benchmarks/memory_scale.py`; raw numbers in `memory_scale.json`. Run on {env['date'][:10]}: "
-        f"{env['cpu_model']}, {env['cores']} cores ({env['torch_threads']} torch threads), {env['memory_gb']} GB RAM, "
-        f"{env['platform']}, torch {env['torch']}, device `cpu`. One run per size; every row is a separate "
-        "process.",
+        f"{env['cpu_model']} ({', '.join((env.get('cpu') or {}).get('accelerators') or []) or 'no AVX2/AVX-512/AMX'}), "
+        f"{env['cores']} cores ({env['torch_threads']} torch threads), {env['memory_gb']} GB RAM, "
+        f"{env['platform']}, torch {env['torch']}, device `cpu`. " + _runs_text(result.get("runs_per_size", 1)),
         "",
         f"`2afc_csv` tables of N triplets over a pool of {result['pool']:,} distinct 64x64 PNG files (every "
         f"triplet draws three), batch {result['batch_size']}, {result['n_boot']} bootstrap resamples, no "
@@ -122,33 +140,34 @@ def markdown(result: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['triplets']:,} | {r['seconds']:.1f} | {r['triplets'] / r['seconds']:,.0f} | "
-                     f"{r['peak_rss_mb']:,.0f} | {r['rss_growth_mb']:,.0f} | {r.get('anon_growth_mb', float('nan')):,.0f} | "
+        lines.append(f"| {r['triplets']:,} | {_spread(r, 'seconds', 1)} | {r['triplets'] / r['seconds']:,.0f} | "
+                     f"{_spread(r, 'peak_rss_mb', 0)} | {r['rss_growth_mb']:,.0f} | {r.get('anon_growth_mb', float('nan')):,.0f} | "
                      f"{r.get('file_growth_mb', float('nan')):,.0f} | {r['samples']:,} | {r['samples_file_mb']:.2f} |")
+    lines += ["", "## Reading", ""]
     small, large = rows[0], rows[-1]
     extra = large["triplets"] - small["triplets"]
-    per_k = (large.get("anon_growth_mb", large["rss_growth_mb"]) - small.get("anon_growth_mb", small["rss_growth_mb"]))
-    lines += [
-        "",
-        "## Reading",
-        "",
-        f"- From {small['triplets']:,} to {large['triplets']:,} triplets ({large['triplets'] / small['triplets']:.0f}x), "
-        f"the anonymous-memory growth changed by {per_k:+.0f} MB, i.e. {1000 * per_k / extra:+.2f} MB per 1,000 "
-        "extra triplets: the per-item results (ids, paths, a few float64 columns per triplet), not the images, "
-        "which are decoded batch by batch and dropped.",
-        "- Before the runner wrote each batch's distances into preallocated arrays (it kept one small tensor "
-        "per batch alive between the large transient image buffers, which fragmented the heap), the same "
-        "three runs peaked at 979, 1,781 and 2,377 MB on this machine (anonymous growth 115, 908 and "
-        "1,505 MB): about 15 MB per 1,000 triplets.",
-        "",
-    ]
+    if extra > 0:
+        per_k = (large.get("anon_growth_mb", large["rss_growth_mb"])
+                 - small.get("anon_growth_mb", small["rss_growth_mb"]))
+        lines.append(
+            f"- From {small['triplets']:,} to {large['triplets']:,} triplets "
+            f"({large['triplets'] / small['triplets']:.0f}x), the anonymous-memory growth changed by {per_k:+.0f} MB, "
+            f"i.e. {1000 * per_k / extra:+.2f} MB per 1,000 extra triplets: the per-item results (ids, paths, a "
+            "few float64 columns per triplet), not the images, which are decoded batch by batch and dropped.")
+    if [r["triplets"] for r in rows] == [2000, 20000, 100000] and result["pool"] == 2000:
+        lines.append(
+            "- Before the runner wrote each batch's distances into preallocated arrays (it kept one small tensor "
+            "per batch alive between the large transient image buffers, which fragmented the heap), the same "
+            "three sizes peaked at 979, 1,781 and 2,377 MB on a 2-core AMD EPYC (one run each, anonymous growth "
+            "115, 908 and 1,505 MB): about 15 MB per 1,000 triplets.")
+    lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default="2000,20000")
+    parser.add_argument("--sizes", default="2000,20000,100000")
     parser.add_argument("--pool", type=int, default=2000)
     parser.add_argument("--metrics", default="psnr")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -156,31 +175,36 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--workdir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=3, help="runs of every size; the table shows medians")
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker)
         return
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     sizes = [int(s) for s in args.sizes.split(",")]
     metrics = [m for m in args.metrics.split(",") if m]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         names = make_pool(work / "images", args.pool, args.seed)
-        runs = []
         for n in sizes:
-            table = work / f"triplets_{n}.csv"
-            make_table(table, names, n, args.seed)
-            out = work / f"run_{n}"
-            if out.exists():
-                import shutil
+            make_table(work / f"triplets_{n}.csv", names, n, args.seed)
+        found: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+        for round_ in range(args.runs):
+            for n in sizes:
+                out = work / f"run_{n}"
+                if out.exists():
+                    import shutil
 
-                shutil.rmtree(out)
-            job = {"metrics": metrics, "table": str(table), "out": str(out), "batch_size": args.batch_size,
-                   "n_boot": args.n_boot, "triplets": n}
-            print(f"{n:,} triplets ...", flush=True)
-            runs.append(in_subprocess(job, work, f"run_{n}"))
-            print(f"  {runs[-1]['seconds']} s, peak RSS {runs[-1]['peak_rss_mb']} MB", flush=True)
+                    shutil.rmtree(out)
+                job = {"metrics": metrics, "table": str(work / f"triplets_{n}.csv"), "out": str(out),
+                       "batch_size": args.batch_size, "n_boot": args.n_boot, "triplets": n}
+                print(f"{n:,} triplets, round {round_ + 1}/{args.runs} ...", flush=True)
+                found[n].append(in_subprocess(job, work, f"run_{n}"))
+                print(f"  {found[n][-1]['seconds']} s, peak RSS {found[n][-1]['peak_rss_mb']} MB", flush=True)
     result = {"environment": environment("cpu"), "metrics": metrics, "pool": args.pool,
-              "batch_size": args.batch_size, "n_boot": args.n_boot, "runs": runs}
+              "batch_size": args.batch_size, "n_boot": args.n_boot, "runs_per_size": args.runs,
+              "runs": [median_of_runs(found[n]) for n in sizes]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory_scale.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -36,7 +36,9 @@ before any work. DataLoader worker processes (used on CUDA devices) are not coun
 
 Usage: ``python benchmarks/retrieval_scale.py [--images 100000] [--queries 1000] [--dim 768]
 [--out docs/benchmarks] [--workdir DIR] [--classes 1000] [--matrix clustered] [--device cpu]
-[--batch-size 256]``. Writes ``retrieval_scale.json`` and ``retrieval_scale.md`` into
+[--batch-size 256] [--runs 3]``. Every measurement is repeated ``--runs`` times in interleaved rounds (the
+cold/warm pair with a fresh cache each round; each search configuration once per round); the tables show the
+median of each number over the rounds (wall seconds also as min-max) and the JSON keeps every round. Writes ``retrieval_scale.json`` and ``retrieval_scale.md`` into
 ``--out``. Without ``--workdir`` the generated files go to a temporary folder removed at the end.
 """
 
@@ -49,6 +51,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -392,6 +395,41 @@ def in_subprocess(job: dict[str, Any], workdir: Path, name: str) -> dict[str, An
     return {**json.loads(result_file.read_text()), "process_seconds": process_seconds}
 
 
+# ---------------------------------------------------------------------------------------------- repeats
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same measurement repeated: the median of every number over the runs (nested dicts
+    too), every other value from the first run; a run that failed makes the row that failure. The runs
+    themselves go under ``"runs"``, each top-level number's [min, max] under ``"ranges"``."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return {**failed[0], "runs": runs}
+    out = _median_fields(runs)
+    out["ranges"] = {key: [min(r[key] for r in runs), max(r[key] for r in runs)] for key, value in runs[0].items()
+                     if _number(value) and all(_number(r.get(key)) for r in runs)}
+    out["runs"] = runs
+    return out
+
+
+def _median_fields(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in values):
+            out[key] = _median_fields(values)
+        elif _number(value) and all(_number(v) for v in values):
+            middle = statistics.median(values)
+            out[key] = int(middle) if all(isinstance(v, int) for v in values) and middle == int(middle) else middle
+        else:
+            out[key] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -425,6 +463,7 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     import percepbench
+    from percepbench.cpu_info import cpu_facts
     from percepbench.runner import cpu_model, resolve_device, resolve_num_workers
 
     try:
@@ -434,7 +473,8 @@ def environment(device: str) -> dict[str, Any]:
     except ImportError:
         total = None
     return {"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "cpu_model": cpu_model(), "cpu": cpu_facts(),
+            "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "memory_gb": total, "torch": torch.__version__,
             "faiss": faiss.__version__, "numpy": np.__version__, "percepbench": percepbench.__version__,
             "device": device, "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
@@ -449,6 +489,25 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _runs_text(runs: int) -> str:
+    if runs == 1:
+        return "One run; every row is a separate process."
+    return (f"Median of {runs} runs in interleaved rounds (wall s and search s also min-max); every row of "
+            "every round is a separate process.")
+
+
+def _cpu_text(env: dict[str, Any]) -> str:
+    cpu = env.get("cpu") or {}
+    return "CPU instructions: " + (", ".join(cpu.get("accelerators") or []) or "none of AVX2/AVX-512/AMX found")
+
+
+def _spread(row: dict[str, Any], key: str, digits: int = 1) -> str:
+    """``row[key]`` (a median) followed by its (min-max) over the runs when there were several."""
+    text = _fmt(row[key], digits)
+    low, high = row.get("ranges", {}).get(key, (None, None))
+    return f"{text} ({_fmt(low, digits)}-{_fmt(high, digits)})" if len(row.get("runs", [])) > 1 else text
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, n, q, dim = result["environment"], result["images"], result["queries"], result["dim"]
     matrix_mb = result["embedding_matrix_mb"]
@@ -460,7 +519,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Script: `benchmarks/retrieval_scale.py`; raw numbers in `retrieval_scale.json`. Run on {env['date'][:10]}: "
         f"{env['cpu_model'] or 'unknown CPU'}, {env['cores']} cores ({env['torch_threads']} torch threads), "
         f"{_fmt(env['memory_gb'])} GB RAM, {env['platform']}, torch {env['torch']}, faiss {env['faiss']}, "
-        f"device `{env['device']}`. One run; every row is a separate process.",
+        f"device `{env['device']}`; {_cpu_text(env)}. {_runs_text(result['runs'])}",
         "",
         "## End to end: `percepbench run --tasks retrieval_folder`",
         "",
@@ -486,7 +545,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         m = row["memory"]
         lines.append(
-            f"| {row['run']} | {_fmt(row['wall_seconds'])} | {_fmt(row['prepare_seconds'])} | "
+            f"| {row['run']} | {_spread(row, 'wall_seconds')} | {_fmt(row['prepare_seconds'])} | "
             f"{_fmt(row['embed_seconds'])} | {_fmt(row['images_per_second'], 0)} | {_fmt(row['search_seconds'])} | "
             f"{_fmt(row['other_seconds'])} | {row['embedded']:,} | {row['from_cache']:,} | "
             f"{_fmt(m['peak_rss_mb'], 0)} | {_fmt(m['rss_growth_mb'], 0)} | {_fmt(m.get('anon_growth_mb'), 0)} | "
@@ -520,7 +579,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         m = row["memory"]
         lines.append(
-            f"| {row['search']} | {_fmt(row['build_seconds'], 2)} | {_fmt(row['search_seconds'], 2)} | "
+            f"| {row['search']} | {_fmt(row['build_seconds'], 2)} | {_spread(row, 'search_seconds', 2)} | "
             f"{_fmt(row['queries_per_second'], 0)} | {_fmt(row['total_seconds'], 2)} | "
             f"{_fmt(row.get('recall_vs_exact'), 3)} | {_fmt(row.get('overlap_with_faiss_exact'), 3)} | "
             f"{_fmt(m['peak_rss_mb'], 0)} | {_fmt(m['rss_growth_mb'], 0)} | {_fmt(m.get('anon_growth_mb'), 0)} | "
@@ -604,11 +663,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"))
     parser.add_argument("--workdir", default=None, help="keeps the generated images there (reused by a re-run)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of every measurement; the tables show medians")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker)
         return
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.images < 2 * K + 2 or args.queries < 1 or args.dim < 1:
         parser.error(f"need --images >= {2 * K + 2}, --queries >= 1 and --dim >= 1")
     if args.queries > args.images:
@@ -637,14 +699,17 @@ def measure(args: argparse.Namespace, work: Path, classes: int) -> dict[str, Any
     _, image_bytes = _folder_bytes(images, ".png")
     cache = work / "embed_cache"
     shutil.rmtree(cache, ignore_errors=True)
-    end_to_end = []
-    for run in ("cold cache", "warm cache"):
-        print(f"end to end, {run} ...", file=sys.stderr)
-        run_dir = work / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        job = {"kind": "end_to_end", "images": str(images), "queries": q, "dim": dim, "cache": str(cache),
-               "out": str(run_dir), "device": args.device, "batch_size": args.batch_size}
-        end_to_end.append({"run": run, **in_subprocess(job, work, run.replace(" ", "_"))})
+    rounds: dict[str, list[dict[str, Any]]] = {"cold cache": [], "warm cache": []}
+    for round_ in range(args.runs):
+        shutil.rmtree(cache, ignore_errors=True)  # every round's cold run starts from an empty cache
+        for run in rounds:
+            print(f"end to end, {run}, round {round_ + 1}/{args.runs} ...", file=sys.stderr)
+            run_dir = work / "run"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            job = {"kind": "end_to_end", "images": str(images), "queries": q, "dim": dim, "cache": str(cache),
+                   "out": str(run_dir), "device": args.device, "batch_size": args.batch_size}
+            rounds[run].append(in_subprocess(job, work, run.replace(" ", "_")))
+    end_to_end = [{"run": run, **median_of_runs(found)} for run, found in rounds.items()]
     cache_files, cache_bytes = _folder_bytes(cache, ".npy") if cache.is_dir() else (0, 0)
     shutil.rmtree(work / "run", ignore_errors=True)
 
@@ -653,31 +718,38 @@ def measure(args: argparse.Namespace, work: Path, classes: int) -> dict[str, Any
     matrix_seconds = make_matrix(matrix, n, dim, classes, args.matrix, args.seed)
     rows = work / "query_rows.npy"  # the query rows, shared by every search (and read by the tests)
     np.save(rows, np.sort(np.random.default_rng(args.seed).choice(n, size=q, replace=False)))
-    searches = []
-    exact_positions = None
-    for label, backend, index in SEARCHES:
-        print(f"search: {label} ...", file=sys.stderr)
-        if backend == "naive":
-            need = (n * dim * 4 * 2 + q * n * 4 * 2) / MB  # the matrix (+ normalised copy), the scores (+ mask)
-            free = _available_mb()
-            if free is not None and need > 0.8 * free:
-                searches.append({"search": label, "skipped": f"needs about {need:,.0f} MB, {free:,.0f} MB available"})
+    found_runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in SEARCHES}
+    skipped: dict[str, str] = {}
+    for round_ in range(args.runs):
+        exact_positions = None
+        for label, backend, index in SEARCHES:
+            if label in skipped:
                 continue
-        positions = work / f"positions_{backend}_{index}.npy"
-        job = {"kind": "search", "matrix": str(matrix), "queries": q, "k": K, "backend": backend, "index": index,
-               "device": args.device, "seed": args.seed, "rows": str(rows), "positions": str(positions)}
-        row = {"search": label, **in_subprocess(job, work, f"search_{backend}_{index}")}
-        if "error" not in row:
-            found = np.load(positions)
-            if label == "faiss exact":
-                exact_positions = found
-            if exact_positions is not None:
-                row["overlap_with_faiss_exact"] = round(_overlap(found, exact_positions), 4)
-        searches.append(row)
+            print(f"search: {label}, round {round_ + 1}/{args.runs} ...", file=sys.stderr)
+            if backend == "naive":
+                need = (n * dim * 4 * 2 + q * n * 4 * 2) / MB  # the matrix (+ normalised copy), the scores (+ mask)
+                free = _available_mb()
+                if free is not None and need > 0.8 * free:
+                    skipped[label] = f"needs about {need:,.0f} MB, {free:,.0f} MB available"
+                    continue
+            positions = work / f"positions_{backend}_{index}.npy"  # each round's ranking replaces the last
+            job = {"kind": "search", "matrix": str(matrix), "queries": q, "k": K, "backend": backend,
+                   "index": index, "device": args.device, "seed": args.seed, "rows": str(rows),
+                   "positions": str(positions)}
+            row = in_subprocess(job, work, f"search_{backend}_{index}")
+            if "error" not in row:
+                ranking = np.load(positions)
+                if label == "faiss exact":
+                    exact_positions = ranking
+                if exact_positions is not None:
+                    row["overlap_with_faiss_exact"] = round(_overlap(ranking, exact_positions), 4)
+            found_runs[label].append(row)
+    searches = [{"search": label, "skipped": skipped[label]} if label in skipped and not found_runs[label]
+                else {"search": label, **median_of_runs(found_runs[label])} for label, _, _ in SEARCHES]
     return {
         "benchmark": "retrieval_scale",
         "images": n, "queries": q, "dim": dim, "k": K, "classes": classes, "image_size": IMAGE_SIZE,
-        "matrix": args.matrix, "batch_size": args.batch_size, "seed": args.seed,
+        "matrix": args.matrix, "batch_size": args.batch_size, "seed": args.seed, "runs": args.runs,
         "small_run": n < 100_000,
         "environment": environment(args.device),
         "memory_measure": "per worker process: kernel high-water mark (VmHWM, else ru_maxrss); on Linux also the "

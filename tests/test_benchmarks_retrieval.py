@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "retrieval_scale.py"
 IMAGES, QUERIES, DIM, K = 300, 20, 16, 10
+RUNS = 2  # rounds: every row is the median of its runs
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def bench(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retrieval_scale")
     out, work = tmp / "out", tmp / "work"
     done = subprocess.run([sys.executable, str(SCRIPT), "--images", str(IMAGES), "--queries", str(QUERIES),
-                           "--dim", str(DIM), "--out", str(out), "--workdir", str(work)],
+                           "--dim", str(DIM), "--out", str(out), "--workdir", str(work), "--runs", str(RUNS)],
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "retrieval_scale.json").read_text()), (out / "retrieval_scale.md").read_text(), work
@@ -95,12 +97,13 @@ def test_search_rows_match_a_numpy_brute_force(bench):
         assert found.shape == (QUERIES, K)
         assert not (found == queries[:, None]).any()  # never the query itself
         overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(found.tolist(), oracle.tolist(), strict=True)])
+        last = row["runs"][-1]  # the positions file holds the last round's ranking
         if index == "exact":
             assert overlap == 1.0, name
         else:  # approximate: the script's recall is the overlap with exact search, as counted here
             assert 0.0 <= row["recall_vs_exact"] <= 1.0
-            assert row["recall_vs_exact"] == pytest.approx(overlap, abs=1e-6), name
-        assert row["overlap_with_faiss_exact"] == pytest.approx(overlap, abs=1e-4)
+            assert last["recall_vs_exact"] == pytest.approx(overlap, abs=1e-6), name
+        assert last["overlap_with_faiss_exact"] == pytest.approx(overlap, abs=1e-4)
         # search() times in whole milliseconds: at this size a phase may round to 0 (then no queries/s)
         assert row["build_seconds"] >= 0 and row["search_seconds"] >= 0
         assert row["queries_per_second"] is None if row["search_seconds"] == 0 else _positive(row["queries_per_second"])
@@ -123,3 +126,23 @@ def test_json_environment_and_markdown(bench):
     for label in ("cold cache", "warm cache", "faiss exact", "torch exact", "faiss HNSW", "faiss IVF",
                   "plain torch top-k"):
         assert f"| {label} |" in text
+
+
+@pytest.mark.slow
+def test_rows_are_medians_of_their_rounds(bench):
+    result, text, _ = bench
+    assert result["runs"] == RUNS
+    assert f"Median of {RUNS} runs" in text
+    for row in result["end_to_end"] + result["search"]:
+        runs = row["runs"]
+        assert len(runs) == RUNS
+        for key in ("wall_seconds", "process_seconds"):
+            values = [r[key] for r in runs]
+            assert row[key] == pytest.approx(statistics.median(values))
+            assert row["ranges"][key] == [min(values), max(values)]
+        peaks = [r["memory"]["peak_rss_mb"] for r in runs]
+        assert row["memory"]["peak_rss_mb"] == pytest.approx(statistics.median(peaks))
+    cold, warm = result["end_to_end"]
+    # every round's cold run starts from an empty cache, and its warm run reads every image back
+    assert [(r["embedded"], r["from_cache"]) for r in cold["runs"]] == [(IMAGES, 0)] * RUNS
+    assert [(r["embedded"], r["from_cache"]) for r in warm["runs"]] == [(0, IMAGES)] * RUNS
