@@ -38,7 +38,7 @@ from percepbench.cpu_info import cpu_flags, cpu_model, precision_advice
 from percepbench.embedding_store import SCRATCH_DIR, EmbeddingMatrix
 from percepbench.errors import DataError, PercepbenchError, UsageError, WeightsError, user_message
 from percepbench.metrics_registry.base import DistanceMetric
-from percepbench.prefetch import prefetched
+from percepbench.prefetch import read_ahead
 from percepbench.registry import METRICS, TASKS
 from percepbench.results import (
     ALL,
@@ -459,8 +459,9 @@ def compute_distances(metric: DistanceMetric, task: Task, spec: MetricSpec, conf
         columns = {col: np.empty(len(part), dtype=np.float64) for col, _, _ in task.comparisons}
         done = 0
         with torch.inference_mode(), precision_context(device, config.precision):
-            # without worker processes, a thread decodes the next batch while this one computes
-            batches = prefetched(loader, depth=1 if workers == 0 else 0)
+            # without worker processes, a thread decodes the next batch while this one computes (when the
+            # metric's work is worth overlapping: percepbench.prefetch.read_ahead)
+            batches = read_ahead(loader, depth=1 if workers == 0 else 0)
             for batch in tqdm(batches, total=len(loader), desc=desc, unit="batch", disable=not config.progress,
                               leave=False):
                 n = 0
@@ -575,7 +576,7 @@ def embed_files(metric: DistanceMetric, task: Task, spec: MetricSpec, config: Ru
                             pin_memory=device.type == "cuda")
         pos = 0
         with torch.inference_mode(), precision_context(device, config.precision):
-            batches = prefetched(loader, depth=1 if workers == 0 else 0)  # decode ahead in a thread
+            batches = read_ahead(loader, depth=1 if workers == 0 else 0)  # decode ahead in a thread
             for batch in tqdm(batches, total=len(loader), desc=f"{desc} (embed)", unit="batch",
                               disable=not config.progress, leave=False):
                 emb = metric.embed_images(batch.to(device, non_blocking=True)).float().cpu().numpy()

@@ -308,3 +308,61 @@ def test_prefetched_stops_its_thread_when_the_loop_ends_early():
             break
     assert not any(t.name == "percepbench-prefetch" and t.is_alive() for t in threading.enumerate())
     assert len(produced) <= 3 + 1 + 2 + 1  # read ahead by at most depth (+ the one being put)
+
+
+def _timed_source(n, seconds, threads):
+    """``n`` items, each taking ``seconds`` to produce; records the thread that produced it."""
+    import threading
+    import time
+
+    for i in range(n):
+        time.sleep(seconds)
+        threads.append(threading.current_thread().name)
+        yield i
+
+
+def test_read_ahead_starts_its_thread_only_when_the_callers_work_is_worth_overlapping():
+    import threading
+    import time
+
+    from percepbench.prefetch import read_ahead
+
+    here = threading.current_thread().name
+    # the caller works 20 ms per item, producing one takes 5 ms: the items after the probe come from the thread
+    threads: list[str] = []
+    got = []
+    for x in read_ahead(_timed_source(8, 0.005, threads), depth=1, probe=3, min_share=0.25):
+        time.sleep(0.02)
+        got.append(x)
+    assert got == list(range(8))
+    assert threads[:3] == [here] * 3
+    assert set(threads[3:]) == {"percepbench-prefetch"}
+
+    # a near-free caller (no work between items): everything is produced in the caller's thread
+    threads = []
+    assert list(read_ahead(_timed_source(8, 0.005, threads), depth=1, probe=3, min_share=0.25)) == list(range(8))
+    assert threads == [here] * 8
+
+    # depth 0 (DataLoader worker processes already read ahead): never a thread, nothing timed
+    threads = []
+    for _ in read_ahead(_timed_source(5, 0.001, threads), depth=0):
+        time.sleep(0.01)
+    assert threads == [here] * 5
+
+
+def test_read_ahead_short_inputs_order_and_errors():
+    from percepbench.prefetch import read_ahead
+
+    assert list(read_ahead([])) == []
+    assert list(read_ahead([1, 2])) == [1, 2]  # fewer items than the probe
+    assert list(read_ahead(range(10), probe=0, min_share=0.0)) == list(range(10))  # straight to the thread
+
+    def broken():
+        yield from range(5)
+        raise ValueError("image 6 is unreadable")
+
+    got = []
+    with pytest.raises(ValueError, match="image 6 is unreadable"):
+        for x in read_ahead(broken(), probe=2, min_share=0.0):  # the failure happens in the thread
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
