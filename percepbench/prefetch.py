@@ -7,12 +7,16 @@ decoders and resizing release the GIL, so the next batch is decoded while torch 
 in the thread are raised in the caller, at the batch where they happened; leaving the loop early (an
 exception in the caller, ``break``) stops the thread.
 
-Reading ahead only pays when the caller's work per batch is worth overlapping: with a near-free metric
-(PSNR on 64 px images) there is nothing to overlap, and the thread hand-off and the two threads contending
-for the GIL made a 20,000-triplet run 4-16% slower (two interleaved A/B sets on the 2-core EPYC: medians
-11.95 s against 10.3 s, and 11.56 s against 11.1 s). :func:`read_ahead` therefore times the first batches in
-the caller's thread and starts the thread only when the caller's work is a fair share of the decoding (PSNR
-measured 0.16 of it, SSIM 8.6, DreamSim far more).
+Reading ahead does not always pay. With DreamSim the model's work dwarfs the decoding and overlapping it
+is free time; with a near-free metric there is nothing to overlap, and when the caller's own work holds
+the GIL (Python bookkeeping, writing the embedding cache) the two threads take turns instead of running
+together. On the 2-core EPYC the thread made a 20,000-triplet ``psnr`` run 4-16% slower and the embedding
+phase of a 20,000-image retrieval run with a near-free metric 15% slower in one A/B set (14.1 s against
+12.2 s, medians of 3; a second set on the noisier machine was even). Which case a loop is in cannot be read
+off the metric, so :func:`read_ahead` measures it: a few batches in the caller's thread, a few with the
+thread, and it keeps the thread only when it was clearly faster. For loops near the break-even point the
+choice is within the timing noise either way; for DreamSim the thread saves the decoding (about 7% of an
+image's time at 768 px).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
 
 _DONE = object()
+#: the name of the reading thread
+THREAD_NAME = "percepbench-prefetch"
 
 
 class _Failed:
@@ -33,71 +40,123 @@ class _Failed:
         self.exc = exc
 
 
+class _Reader:
+    """A thread taking items from ``source`` into a queue ``depth`` deep; :meth:`stop` ends it and hands back,
+    in order, whatever it had already taken from ``source`` (so the caller can go on with ``source`` itself)."""
+
+    def __init__(self, source: Iterator[T], depth: int) -> None:
+        self.source = source
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self.halt = threading.Event()
+        self.held: list[object] = []  # taken from the source when asked to stop, not queued
+        self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self.thread.start()
+
+    def _put(self, value: object) -> bool:
+        while not self.halt.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        self.held.append(value)
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self.source:
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Failed(exc))
+
+    def get(self) -> object:
+        return self.queue.get()
+
+    def stop(self, wait: bool = True) -> list[object]:
+        """End the thread; with ``wait``, after it finishes the item it is reading, and return the items (or
+        the end / failure markers) it took and the caller has not had, in order."""
+        self.halt.set()
+        self.thread.join(timeout=None if wait else 5)
+        left = []
+        while True:
+            try:
+                left.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return left + self.held
+
+
+def _unwrap(value: object) -> object:
+    if isinstance(value, _Failed):
+        raise value.exc
+    return value
+
+
 def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """Yield ``items`` in order, produced by a background thread up to ``depth`` items ahead."""
     if depth < 1:
         yield from items
         return
-    ahead: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(value: object) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failed(exc))
-
-    thread = threading.Thread(target=produce, name="percepbench-prefetch", daemon=True)
-    thread.start()
+    reader = _Reader(iter(items), depth)
     try:
-        while True:
-            value = ahead.get()
-            if value is _DONE:
-                return
-            if isinstance(value, _Failed):
-                raise value.exc
+        while (value := _unwrap(reader.get())) is not _DONE:
             yield value  # type: ignore[misc]
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        reader.stop(wait=False)
 
 
-#: batches timed in the caller's thread before :func:`read_ahead` decides
+#: batches timed each way (in the caller's thread, then with the thread) before :func:`read_ahead` decides
 PROBE_BATCHES = 3
-#: read ahead when the caller's work per batch is at least this share of the time to produce a batch
-MIN_WORK_SHARE = 0.25
+#: the thread stays only if it saves at least this share of an item's time: below it, the difference is
+#: within the noise of a few timed batches, and the caller's thread alone is the simpler way to run
+MIN_GAIN = 0.05
 
 
 def read_ahead(items: Iterable[T], depth: int = 1, probe: int = PROBE_BATCHES,
-               min_share: float = MIN_WORK_SHARE) -> Iterator[T]:
-    """Yield ``items`` in order; after the first ``probe`` items (produced in the caller's thread, each
-    timed, as is the caller's work between them), produce the rest :func:`prefetched` ``depth`` ahead if
-    the caller worked at least ``min_share`` of the time producing took, else in the caller's thread."""
+               min_gain: float = MIN_GAIN) -> Iterator[T]:
+    """Yield ``items`` in order, each produced either in the caller's thread or by :func:`prefetched`'s
+    thread ``depth`` ahead, whichever turns out faster here.
+
+    The first item is produced in the caller's thread untimed (warm-up), the next ``probe`` too, timed from
+    one hand-over to the next (so the caller's work on each is included); then the thread starts, its first
+    item untimed (nothing was read ahead yet), the next ``probe`` timed the same way. Unless the thread saved
+    at least ``min_gain`` of the time per item, it is stopped, the items it had read are yielded, and the
+    rest is produced in the caller's thread. ``depth < 1`` (DataLoader worker processes already read ahead):
+    no thread, no timing.
+    """
     source = iter(items)
-    producing = working = 0.0
-    for _ in range(probe if depth >= 1 else 0):
-        t0 = time.perf_counter()
-        try:
-            item = next(source)
-        except StopIteration:
-            return
-        t1 = time.perf_counter()
-        producing += t1 - t0
+    if depth < 1 or probe < 1:
+        yield from (prefetched(source, depth) if depth >= 1 else source)
+        return
+    yield from islice(source, 1)
+    t0, inline = time.perf_counter(), 0
+    for item in islice(source, probe):
         yield item
-        working += time.perf_counter() - t1
-    if depth >= 1 and working >= min_share * producing:
-        yield from prefetched(source, depth)
-    else:
+        inline += 1
+    if inline < probe:
+        return
+    per_item_inline = (time.perf_counter() - t0) / probe
+    reader = _Reader(source, depth)
+    try:
+        seen, t1 = 0, 0.0
+        while seen < probe + 1:
+            value = _unwrap(reader.get())
+            if value is _DONE:
+                return
+            yield value  # type: ignore[misc]
+            seen += 1
+            if seen == 1:
+                t1 = time.perf_counter()  # from the first hand-over on, the reads overlap the caller's work
+        if (time.perf_counter() - t1) / probe <= (1.0 - min_gain) * per_item_inline:
+            while (value := _unwrap(reader.get())) is not _DONE:
+                yield value  # type: ignore[misc]
+            return
+        for value in reader.stop(wait=True):
+            if _unwrap(value) is _DONE:
+                return
+            yield value  # type: ignore[misc]
         yield from source
+    finally:
+        reader.stop(wait=False)

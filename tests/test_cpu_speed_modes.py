@@ -310,59 +310,95 @@ def test_prefetched_stops_its_thread_when_the_loop_ends_early():
     assert len(produced) <= 3 + 1 + 2 + 1  # read ahead by at most depth (+ the one being put)
 
 
-def _timed_source(n, seconds, threads):
-    """``n`` items, each taking ``seconds`` to produce; records the thread that produced it."""
+def _source(n, seconds, threads, thread_penalty=0.0):
+    """``n`` items, each taking ``seconds`` to produce (``+ thread_penalty`` when produced by the reading
+    thread); records the thread that produced each."""
     import threading
     import time
 
+    from percepbench.prefetch import THREAD_NAME
+
     for i in range(n):
-        time.sleep(seconds)
-        threads.append(threading.current_thread().name)
+        name = threading.current_thread().name
+        time.sleep(seconds + (thread_penalty if name == THREAD_NAME else 0.0))
+        threads.append(name)
         yield i
 
 
-def test_read_ahead_starts_its_thread_only_when_the_callers_work_is_worth_overlapping():
+def test_read_ahead_keeps_the_thread_when_it_is_faster():
     import threading
     import time
 
-    from percepbench.prefetch import read_ahead
+    from percepbench.prefetch import THREAD_NAME, read_ahead
 
     here = threading.current_thread().name
-    # the caller works 20 ms per item, producing one takes 5 ms: the items after the probe come from the thread
+    # producing takes 10 ms and the caller works 20 ms per item: overlapped, an item costs 20 ms instead of 30
     threads: list[str] = []
     got = []
-    for x in read_ahead(_timed_source(8, 0.005, threads), depth=1, probe=3, min_share=0.25):
+    for x in read_ahead(_source(12, 0.01, threads), depth=1, probe=3):
         time.sleep(0.02)
         got.append(x)
-    assert got == list(range(8))
-    assert threads[:3] == [here] * 3
-    assert set(threads[3:]) == {"percepbench-prefetch"}
-
-    # a near-free caller (no work between items): everything is produced in the caller's thread
-    threads = []
-    assert list(read_ahead(_timed_source(8, 0.005, threads), depth=1, probe=3, min_share=0.25)) == list(range(8))
-    assert threads == [here] * 8
-
-    # depth 0 (DataLoader worker processes already read ahead): never a thread, nothing timed
-    threads = []
-    for _ in read_ahead(_timed_source(5, 0.001, threads), depth=0):
-        time.sleep(0.01)
-    assert threads == [here] * 5
+    assert got == list(range(12))
+    assert threads[:4] == [here] * 4  # the warm-up item and 3 timed in the caller's thread
+    assert set(threads[4:]) == {THREAD_NAME}
+    assert not any(t.name == THREAD_NAME and t.is_alive() for t in threading.enumerate())
 
 
-def test_read_ahead_short_inputs_order_and_errors():
-    from percepbench.prefetch import read_ahead
+def test_read_ahead_falls_back_without_losing_an_item_when_the_thread_is_slower():
+    import threading
+    import time
 
-    assert list(read_ahead([])) == []
-    assert list(read_ahead([1, 2])) == [1, 2]  # fewer items than the probe
-    assert list(read_ahead(range(10), probe=0, min_share=0.0)) == list(range(10))  # straight to the thread
+    from percepbench.prefetch import THREAD_NAME, read_ahead
 
-    def broken():
-        yield from range(5)
-        raise ValueError("image 6 is unreadable")
-
+    here = threading.current_thread().name
+    # items cost 50 ms more when the thread produces them: it is stopped after its probe, the items it had
+    # already read come next, in order, and the rest is produced in the caller's thread
+    threads: list[str] = []
     got = []
-    with pytest.raises(ValueError, match="image 6 is unreadable"):
-        for x in read_ahead(broken(), probe=2, min_share=0.0):  # the failure happens in the thread
-            got.append(x)
-    assert got == [0, 1, 2, 3, 4]
+    for x in read_ahead(_source(14, 0.002, threads, thread_penalty=0.05), depth=2, probe=3):
+        time.sleep(0.002)
+        got.append(x)
+    assert got == list(range(14))  # none lost, none repeated, in order
+    assert threads[:4] == [here] * 4
+    by_thread = [i for i, name in enumerate(threads) if name == THREAD_NAME]
+    assert by_thread and by_thread == list(range(4, 4 + len(by_thread)))  # one stretch, read ahead at most 2 more
+    assert 4 + 4 <= 4 + len(by_thread) <= 4 + 4 + 2 + 1
+    assert set(threads[4 + len(by_thread):]) == {here}
+    assert not any(t.name == THREAD_NAME and t.is_alive() for t in threading.enumerate())
+
+    # depth 0 (DataLoader worker processes already read ahead): never a thread
+    threads = []
+    assert list(read_ahead(_source(6, 0.001, threads), depth=0)) == list(range(6))
+    assert threads == [here] * 6
+
+
+def test_read_ahead_short_inputs_errors_and_early_exit():
+    import threading
+
+    from percepbench.prefetch import THREAD_NAME, read_ahead
+
+    for n in range(0, 10):  # shorter than, as long as and longer than the probes
+        assert list(read_ahead(range(n), probe=3)) == list(range(n))
+    assert list(read_ahead(range(10), probe=0)) == list(range(10))  # straight to the thread
+
+    def broken(at):
+        yield from range(at)
+        raise ValueError(f"image {at} is unreadable")
+
+    for at in (0, 2, 6, 11):  # in the warm-up, the inline probe, the thread's probe, after the decision
+        got = []
+        with pytest.raises(ValueError, match=f"image {at} is unreadable"):
+            for x in read_ahead(broken(at), probe=3):
+                got.append(x)
+        assert got == list(range(at))  # every item before the failure arrived first
+
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    for x in read_ahead(endless(), probe=2):
+        if x == 9:
+            break
+    assert not any(t.name == THREAD_NAME and t.is_alive() for t in threading.enumerate())
