@@ -14,9 +14,8 @@ together. On the 2-core EPYC the thread made a 20,000-triplet ``psnr`` run 4-16%
 phase of a 20,000-image retrieval run with a near-free metric 15% slower in one A/B set (14.1 s against
 12.2 s, medians of 3; a second set on the noisier machine was even). Which case a loop is in cannot be read
 off the metric, so :func:`read_ahead` measures it: a few batches in the caller's thread, a few with the
-thread, and it keeps the thread only when it was clearly faster. For loops near the break-even point the
-choice is within the timing noise either way; for DreamSim the thread saves the decoding (about 7% of an
-image's time at 768 px).
+thread, and it keeps the thread only when it was faster by :data:`MIN_GAIN`. For loops near the
+break-even point the choice is within the timing noise either way.
 """
 
 from __future__ import annotations
@@ -110,8 +109,11 @@ def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
 #: batches timed each way (in the caller's thread, then with the thread) before :func:`read_ahead` decides
 PROBE_BATCHES = 3
 #: the thread stays only if it saves at least this share of an item's time: below it, the difference is
-#: within the noise of a few timed batches, and the caller's thread alone is the simpler way to run
-MIN_GAIN = 0.05
+#: within the noise of a few timed batches, and the caller's thread alone is the simpler way to run. Kept
+#: low because what is at stake is asymmetric: DreamSim runs take hours and the thread saves them the
+#: decoding (7% of an image's time at 768 px where a core is free for it; +1.6% measured on 2 cores, where
+#: the decoding competes with torch's threads), while the loops it slows are cheap ones
+MIN_GAIN = 0.02
 
 
 def read_ahead(items: Iterable[T], depth: int = 1, probe: int = PROBE_BATCHES,
