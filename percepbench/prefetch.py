@@ -11,11 +11,9 @@ Reading ahead does not always pay. With DreamSim the model's work dwarfs the dec
 is free time; with a near-free metric there is nothing to overlap, and when the caller's own work holds
 the GIL (Python bookkeeping, writing the embedding cache) the two threads take turns instead of running
 together. On the 2-core EPYC the thread made a 20,000-triplet ``psnr`` run 4-16% slower and the embedding
-phase of a 20,000-image retrieval run with a near-free metric 15% slower in one A/B set (14.1 s against
-12.2 s, medians of 3; a second set on the noisier machine was even). Which case a loop is in cannot be read
-off the metric, so :func:`read_ahead` measures it: a few batches in the caller's thread, a few with the
-thread, and it keeps the thread only when it was faster by :data:`MIN_GAIN`. For loops near the
-break-even point the choice is within the timing noise either way.
+phase of a 20,000-image retrieval run with a near-free metric 8-15% slower (interleaved A/B sets).
+:func:`read_ahead` therefore times a few batches in the caller's thread and starts the thread only where
+the caller's own work is many times the decoding (:data:`MIN_WORK_RATIO`).
 """
 
 from __future__ import annotations
@@ -40,14 +38,12 @@ class _Failed:
 
 
 class _Reader:
-    """A thread taking items from ``source`` into a queue ``depth`` deep; :meth:`stop` ends it and hands back,
-    in order, whatever it had already taken from ``source`` (so the caller can go on with ``source`` itself)."""
+    """A thread taking items from ``source`` into a queue ``depth`` deep, until :meth:`stop`."""
 
     def __init__(self, source: Iterator[T], depth: int) -> None:
         self.source = source
         self.queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self.halt = threading.Event()
-        self.held: list[object] = []  # taken from the source when asked to stop, not queued
         self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self.thread.start()
 
@@ -58,7 +54,6 @@ class _Reader:
                 return True
             except queue.Full:
                 continue
-        self.held.append(value)
         return False
 
     def _run(self) -> None:
@@ -73,18 +68,9 @@ class _Reader:
     def get(self) -> object:
         return self.queue.get()
 
-    def stop(self, wait: bool = True) -> list[object]:
-        """End the thread; with ``wait``, after it finishes the item it is reading, and return the items (or
-        the end / failure markers) it took and the caller has not had, in order."""
+    def stop(self) -> None:
         self.halt.set()
-        self.thread.join(timeout=None if wait else 5)
-        left = []
-        while True:
-            try:
-                left.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return left + self.held
+        self.thread.join(timeout=5)
 
 
 def _unwrap(value: object) -> object:
@@ -103,62 +89,45 @@ def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
         while (value := _unwrap(reader.get())) is not _DONE:
             yield value  # type: ignore[misc]
     finally:
-        reader.stop(wait=False)
+        reader.stop()
 
 
-#: batches timed each way (in the caller's thread, then with the thread) before :func:`read_ahead` decides
+#: batches timed in the caller's thread (after one untimed warm-up batch) before :func:`read_ahead` decides
 PROBE_BATCHES = 3
-#: the thread stays only if it saves at least this share of an item's time: below it, the difference is
-#: within the noise of a few timed batches, and the caller's thread alone is the simpler way to run. Kept
-#: low because what is at stake is asymmetric: DreamSim runs take hours and the thread saves them the
-#: decoding (7% of an image's time at 768 px where a core is free for it; +1.6% measured on 2 cores, where
-#: the decoding competes with torch's threads), while the loops it slows are cheap ones
-MIN_GAIN = 0.02
+#: read ahead when the caller's own work per batch is at least this many times the time to produce one
+MIN_WORK_RATIO = 10.0
 
 
 def read_ahead(items: Iterable[T], depth: int = 1, probe: int = PROBE_BATCHES,
-               min_gain: float = MIN_GAIN) -> Iterator[T]:
-    """Yield ``items`` in order, each produced either in the caller's thread or by :func:`prefetched`'s
-    thread ``depth`` ahead, whichever turns out faster here.
+               min_ratio: float = MIN_WORK_RATIO) -> Iterator[T]:
+    """Yield ``items`` in order; the first ``1 + probe`` are produced in the caller's thread, the last
+    ``probe`` of them timed (producing each, and the caller's work between hand-overs); the rest come from
+    :func:`prefetched`'s thread ``depth`` ahead if the caller's work was at least ``min_ratio`` times the
+    producing, else from the caller's thread. ``depth < 1`` (DataLoader worker processes already read
+    ahead): no thread, no timing.
 
-    The first item is produced in the caller's thread untimed (warm-up), the next ``probe`` too, timed from
-    one hand-over to the next (so the caller's work on each is included); then the thread starts, its first
-    item untimed (nothing was read ahead yet), the next ``probe`` timed the same way. Unless the thread saved
-    at least ``min_gain`` of the time per item, it is stopped, the items it had read are yielded, and the
-    rest is produced in the caller's thread. ``depth < 1`` (DataLoader worker processes already read ahead):
-    no thread, no timing.
+    Why a ratio this high: where the caller's work dwarfs the decoding it is the metric's native compute,
+    which releases the GIL, and overlapping the decoding is free time (DreamSim ``dino_vitb16``: 14x on
+    768 px PNG files, 94x on 256 px). Below that, the work measured on the 2-core EPYC was Python
+    bookkeeping or many small file writes, and the two threads took turns on the GIL instead of running
+    together: with the thread, PSNR (0.24x) ran 4-16% slower and a retrieval loop writing the embedding
+    cache (7.5x) 8-15% slower; SSIM on 64 px (8.6x) loses the 4% the thread gave it. Timing a few batches
+    both ways was tried and misled: in that retrieval loop the thread's first batches looked 4-6% faster.
     """
     source = iter(items)
     if depth < 1 or probe < 1:
         yield from (prefetched(source, depth) if depth >= 1 else source)
         return
-    yield from islice(source, 1)
-    t0, inline = time.perf_counter(), 0
-    for item in islice(source, probe):
-        yield item
-        inline += 1
-    if inline < probe:
-        return
-    per_item_inline = (time.perf_counter() - t0) / probe
-    reader = _Reader(source, depth)
-    try:
-        seen, t1 = 0, 0.0
-        while seen < probe + 1:
-            value = _unwrap(reader.get())
-            if value is _DONE:
-                return
-            yield value  # type: ignore[misc]
-            seen += 1
-            if seen == 1:
-                t1 = time.perf_counter()  # from the first hand-over on, the reads overlap the caller's work
-        if (time.perf_counter() - t1) / probe <= (1.0 - min_gain) * per_item_inline:
-            while (value := _unwrap(reader.get())) is not _DONE:
-                yield value  # type: ignore[misc]
+    yield from islice(source, 1)  # warm-up: first calls pay for lazy set-up
+    producing = working = 0.0
+    for _ in range(probe):
+        t0 = time.perf_counter()
+        try:
+            item = next(source)
+        except StopIteration:
             return
-        for value in reader.stop(wait=True):
-            if _unwrap(value) is _DONE:
-                return
-            yield value  # type: ignore[misc]
-        yield from source
-    finally:
-        reader.stop(wait=False)
+        t1 = time.perf_counter()
+        producing += t1 - t0
+        yield item
+        working += time.perf_counter() - t1
+    yield from (prefetched(source, depth) if working >= min_ratio * producing else source)
